@@ -1,0 +1,31 @@
+# The two commands in the README. Each does all the set-up it needs (idempotent, seconds when done).
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+NP ?= 2
+# OpenMPI refuses to start as root without these; harmless for other users.
+export OMPI_ALLOW_RUN_AS_ROOT := 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
+
+.PHONY: setup demo test test-unit test-mpi lint clean
+
+setup: $(VENV)/.setup-done
+
+$(VENV)/.setup-done: scripts/setup.sh pyproject.toml
+	bash scripts/setup.sh
+	touch $@
+
+demo: setup
+	bash scripts/demo.sh $(NP)
+
+test: setup
+	$(BIN)/python -m pytest -ra tests
+
+test-unit: setup
+	$(BIN)/python -m pytest -ra tests/unit
+
+test-mpi: setup
+	$(BIN)/python -m pytest -ra tests/mpi
+
+clean:
+	rm -rf runs build *.egg-info .pytest_cache

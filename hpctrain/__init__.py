@@ -1,0 +1,2 @@
+"""hpctrain: HPC batch training for PyTorch."""
+__version__ = "0.1.0"

@@ -1,0 +1,273 @@
+"""The run configuration: one typed dataclass tree, loaded from TOML, overridden by ``section.key=value``.
+
+Every check a user can fail happens here, before any rank communicates, and raises :class:`ConfigError`
+naming the offending key; ``hpctrain.cli`` turns that into one line on stderr and exit code 2.
+
+Each section is owned by the component that uses it (``Trainer`` gets ``cfg.train``, the optimizer
+``cfg.optim``...). Field help lives in ``metadata["help"]`` so that ``hpctrain config --help``-style
+listings and ``docs/configuration.md`` come from the same source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+class UserError(Exception):
+    """An error the user can fix (bad input, config, data or launch); the CLI exits 2 with its message."""
+
+
+class ConfigError(UserError):
+    """A configuration key, type or value is wrong; the message names the key."""
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class RunConfig:
+    dir: str = _f("runs/default", "run directory: metrics.jsonl, summary.json, config.toml, checkpoints")
+    log_every: int = _f(10, "log loss and throughput every N steps (also the metrics.jsonl cadence)")
+    log_all_ranks: bool = _f(False, "log INFO messages from every rank, not only rank 0")
+    progress: Literal["auto", "on", "off"] = _f("auto", "progress bar on rank 0: auto = when stderr is a terminal")
+
+    def __post_init__(self) -> None:
+        _check(self.dir != "", "run.dir", "must not be empty")
+        _check(self.log_every >= 1, "run.log_every", "must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = _f(100, "optimizer steps to run (one step = one all-reduced update)")
+    batch_size: int = _f(32, "samples per rank per step (global batch = batch_size x world size)")
+    seed: int = _f(1234, "seed for model init, data order and every rank's RNG")
+    warmup_steps: int = _f(5, "steps excluded from throughput figures (warm-up, first all-reduce negotiation)")
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "train.steps", "must be >= 1")
+        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check(self.seed >= 0, "train.seed", "must be >= 0")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+
+
+@dataclass
+class ModelConfig:
+    name: Literal["mlp", "cnn", "transformer"] = _f("mlp", "model from the registry in hpctrain.models")
+    width: int = _f(256, "hidden width (mlp), base channels (cnn), model dimension (transformer)")
+    depth: int = _f(2, "hidden layers (mlp), residual blocks (cnn), transformer layers (transformer)")
+    num_classes: int = _f(10, "output classes (mlp, cnn)")
+    input_dim: int = _f(64, "input features (mlp)")
+    in_channels: int = _f(3, "image channels (cnn)")
+    image_size: int = _f(32, "image height and width (cnn)")
+    vocab_size: int = _f(256, "vocabulary size (transformer)")
+    seq_len: int = _f(64, "tokens per sample (transformer)")
+    heads: int = _f(4, "attention heads (transformer); must divide width")
+
+    def __post_init__(self) -> None:
+        for key in ("width", "depth", "num_classes", "input_dim", "in_channels", "image_size", "vocab_size",
+                    "seq_len", "heads"):
+            _check(getattr(self, key) >= 1, f"model.{key}", "must be >= 1")
+        if self.name == "transformer":
+            _check(self.width % self.heads == 0, "model.heads", f"must divide model.width={self.width}")
+
+
+@dataclass
+class DataConfig:
+    source: Literal["synthetic"] = _f("synthetic", "where samples come from: synthetic = generated in memory")
+    samples: int = _f(8192, "synthetic: number of samples in the dataset")
+    remainder: Literal["drop", "pad"] = _f(
+        "drop", "samples left over after an epoch's last full global batch: drop them, or pad by wrapping")
+
+    def __post_init__(self) -> None:
+        _check(self.samples >= 1, "data.samples", "must be >= 1")
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adamw"] = _f("sgd", "optimizer")
+    lr: float = _f(0.05, "learning rate (as given: not scaled by world size)")
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float = _f(0.0, "weight decay")
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0 and math.isfinite(self.lr), "optim.lr", "must be a positive number")
+        _check(0.0 <= self.momentum < 1.0, "optim.momentum", "must be in [0, 1)")
+        _check(self.weight_decay >= 0.0, "optim.weight_decay", "must be >= 0")
+
+
+@dataclass
+class CommConfig:
+    compression: Literal["none", "fp16"] = _f(
+        "none", "gradient compression on the wire: fp16 halves bytes, pays only on bandwidth-bound links")
+    fusion_threshold_mb: float = _f(64.0, "Horovod tensor-fusion buffer size in MiB (0 disables fusion)")
+    cycle_time_ms: float = _f(1.0, "Horovod background-thread cycle time in milliseconds")
+    yield_when_idle: bool = _f(
+        True, "CPU runs under OpenMPI: let idle ranks yield the core instead of busy-polling")
+
+    def __post_init__(self) -> None:
+        _check(self.fusion_threshold_mb >= 0, "comm.fusion_threshold_mb", "must be >= 0")
+        _check(self.cycle_time_ms > 0, "comm.cycle_time_ms", "must be > 0")
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = _f(0, "write a checkpoint every N steps (0 = never)")
+
+    def __post_init__(self) -> None:
+        _check(self.every_steps >= 0, "checkpoint.every_steps", "must be >= 0")
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    comm: CommConfig = field(default_factory=CommConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+def _check(ok: bool, key: str, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {what}")
+
+
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against a field's annotation; ints are accepted where floats are expected."""
+    if typing.get_origin(hint) is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if isinstance(hint, types.UnionType):  # e.g. `str | None`
+        if value is None:
+            return None
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    raise TypeError(f"unsupported config annotation {hint!r} for {key}")  # a bug in this module, not user input
+
+
+def from_dict(tree: dict[str, Any], source: str = "config") -> Config:
+    """Build and validate a :class:`Config` from nested ``{section: {key: value}}`` data."""
+    sections = _sections()
+    built: dict[str, Any] = {}
+    for name, values in tree.items():
+        if name not in sections:
+            raise ConfigError(f"{source}: unknown section [{name}]; valid sections: {', '.join(sections)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table of key = value")
+        cls = sections[name]
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in values.items():
+            if key not in hints:
+                raise ConfigError(f"{name}.{key}: unknown key; valid keys in [{name}]: {', '.join(hints)}")
+            kwargs[key] = _coerce(f"{name}.{key}", value, hints[key])
+        built[name] = cls(**kwargs)
+    return Config(**built)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Split ``section.key=value``; the value is read as a TOML value, else taken as a bare string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    dotted, raw = text.split("=", 1)
+    parts = dotted.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override {text!r}: expected section.key=value (e.g. optim.lr=0.1)")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # bare words such as comm.compression=fp16
+    return parts[0], parts[1], value
+
+
+def load(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
+    """Load a TOML file (or the defaults when ``path`` is None) and apply ``section.key=value`` overrides."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            tree = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+    for text in overrides:
+        section, key, value = parse_override(text)
+        tree.setdefault(section, {})
+        if not isinstance(tree[section], dict):
+            raise ConfigError(f"{source}: [{section}] must be a table of key = value")
+        tree[section][key] = value
+    return from_dict(tree, source)
+
+
+def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(cfg)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(cfg: Config) -> str:
+    """The resolved config as TOML; ``load`` of this text gives back an equal ``Config``."""
+    lines = []
+    for section, values in to_dict(cfg).items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def describe() -> str:
+    """Every key with its type, default and help, for ``hpctrain config`` and the docs."""
+    out = []
+    for section, cls in _sections().items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            kind = "|".join(map(str, typing.get_args(hint))) if typing.get_origin(hint) is Literal \
+                else getattr(hint, "__name__", str(hint))
+            out.append(f"{section}.{f.name} ({kind}, default {f.default!r}): {f.metadata.get('help', '')}")
+    return "\n".join(out)

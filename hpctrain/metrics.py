@@ -1,0 +1,168 @@
+"""What a run reports: metrics.jsonl (rank 0), the progress bar, the end-of-run summary.json.
+
+Throughput is measured on every rank, after the warm-up steps, and reduced across ranks (min/mean/max):
+never rank 0's rate times the world size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import horovod.torch as hvd
+import torch
+from torch import nn
+
+from hpctrain.config import RunConfig
+from hpctrain.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def params_sha256(model: nn.Module) -> str:
+    """SHA-256 over every parameter's name, dtype, shape and bytes, in registration order."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        t = p.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write then rename, so a reader never sees half a file and a crash leaves the old one."""
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _stats(values: torch.Tensor) -> dict[str, float]:
+    return {"min": float(values.min()), "mean": float(values.mean()), "max": float(values.max())}
+
+
+class Metrics:
+    """Collects per-step timings on every rank; every ``log_every`` steps agrees on loss and rates."""
+
+    def __init__(self, cfg: RunConfig, rt: Runtime, run_dir: Path, total_steps: int, batch_size: int,
+                 warmup_steps: int) -> None:
+        self.cfg = cfg
+        self.rt = rt
+        self.run_dir = run_dir
+        self.batch_size = batch_size
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.first_loss: float | None = None
+        self.last_loss: float | None = None
+        self._interval_start = time.perf_counter()
+        self._interval_steps = 0
+        self._warmup_steps = warmup_steps
+        self._warmup_end = warmup_steps
+        self._measure_start: float | None = None  # perf_counter at the end of the last warm-up step
+        self._measured_steps = 0
+        self._started = time.time()
+        self._jsonl = open(run_dir / "metrics.jsonl", "a") if rt.is_root else None  # noqa: SIM115
+        show = cfg.progress == "on" or (cfg.progress == "auto" and sys.stderr.isatty())
+        self._bar = None
+        if rt.is_root and show:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def start(self, step: int) -> None:
+        """Call once before the first step (``step`` > 0 when resuming): warm-up counts from here."""
+        now = time.perf_counter()
+        self._interval_start = now
+        self._warmup_steps = min(self.warmup_steps, self.total_steps - step - 1)
+        self._warmup_end = step + self._warmup_steps
+        self._measure_start = now if self._warmup_steps <= 0 else None
+        if self._bar is not None:
+            self._bar.update(step)
+
+    def step_done(self, step: int, loss: torch.Tensor, lr: float) -> None:
+        """Record one finished step (1-based ``step``); at log steps this is a collective on all ranks."""
+        now = time.perf_counter()
+        self._interval_steps += 1
+        if step == self._warmup_end and self._measure_start is None:
+            self._measure_start = now
+        elif step > self._warmup_end:
+            self._measured_steps += 1
+        if self._bar is not None:
+            self._bar.update(1)
+        if step % self.cfg.log_every and step != self.total_steps and step != 1:
+            return
+        elapsed = now - self._interval_start
+        # dist: one small allgather gives every rank's loss and interval time
+        row = torch.tensor([[float(loss.detach()), elapsed]], dtype=torch.float64)
+        table = hvd.allgather(row, name="hpctrain.metrics")
+        mean_loss = float(table[:, 0].mean())
+        per_rank_rate = self._interval_steps * self.batch_size / table[:, 1]
+        record = {
+            "step": step,
+            "loss": mean_loss,
+            "lr": lr,
+            "samples_per_sec": float(self._interval_steps * self.batch_size * self.rt.size / table[:, 1].max()),
+            "samples_per_sec_per_rank": _stats(per_rank_rate),
+            "step_time_ms": _stats(table[:, 1] * 1000 / self._interval_steps),
+            "time": time.time(),
+        }
+        if self.first_loss is None:
+            self.first_loss = mean_loss
+        self.last_loss = mean_loss
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{mean_loss:.4f}", sps=f"{record['samples_per_sec']:.0f}")
+        elif self.rt.is_root:
+            log.info("step %d/%d loss %.4f  %.0f samples/s (%.0f/rank)  step %.1f ms", step, self.total_steps,
+                     mean_loss, record["samples_per_sec"], record["samples_per_sec_per_rank"]["mean"],
+                     record["step_time_ms"]["mean"])
+        self._interval_start = time.perf_counter()
+        self._interval_steps = 0
+
+    def summary(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """Post-warm-up throughput reduced over ranks (a collective); rank 0 writes summary.json."""
+        end = time.perf_counter()
+        elapsed = end - self._measure_start if self._measure_start is not None else float("nan")
+        steps = self._measured_steps
+        row = torch.tensor([[elapsed, float(steps)]], dtype=torch.float64)
+        table = hvd.allgather(row, name="hpctrain.summary")  # dist
+        per_rank = table[:, 1] * self.batch_size / table[:, 0]
+        summary = {
+            "final_loss": self.last_loss,
+            "initial_loss": self.first_loss,
+            "world_size": self.rt.size,
+            "batch_size": self.batch_size,
+            "global_batch_size": self.batch_size * self.rt.size,
+            "measured_steps": steps,
+            "warmup_steps": self._warmup_steps,
+            "samples_per_sec": float(steps * self.batch_size * self.rt.size / table[:, 0].max()),
+            "samples_per_sec_per_rank": _stats(per_rank),
+            "step_time_ms": _stats(table[:, 0] * 1000 / max(steps, 1)),
+            "wall_time_s": time.time() - self._started,
+            **extra,
+        }
+        if self.rt.is_root:
+            write_json_atomic(self.run_dir / "summary.json", summary)
+        return summary
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None

@@ -1,0 +1,38 @@
+"""Optimizers and the Horovod distributed-optimizer wrapper (compression, averaging, state broadcast)."""
+
+from __future__ import annotations
+
+import horovod.torch as hvd
+import torch
+from torch import nn
+
+from hpctrain.config import CommConfig, OptimConfig
+
+
+def base_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.name!r}")  # config validation makes this unreachable
+
+
+def compression(comm: CommConfig) -> type:
+    return hvd.Compression.fp16 if comm.compression == "fp16" else hvd.Compression.none
+
+
+def build(model: nn.Module, cfg: OptimConfig, comm: CommConfig) -> torch.optim.Optimizer:
+    """The configured optimizer, wrapped so gradients are averaged across ranks by ring all-reduce."""
+    return hvd.DistributedOptimizer(  # dist: all-reduce each gradient as soon as backward produces it
+        base_optimizer(model, cfg),
+        named_parameters=model.named_parameters(),
+        compression=compression(comm),
+        op=hvd.Average,
+    )
+
+
+def broadcast_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Make every rank start from rank 0's parameters and optimizer state (fresh start or resume)."""
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)  # dist
+    hvd.broadcast_optimizer_state(optimizer, root_rank=0)  # dist
