@@ -62,14 +62,12 @@ class GlobalBatchSampler:
 
     def next_indices(self) -> np.ndarray:
         """This rank's indices for the next step, advancing the position (and the epoch when it ends)."""
-        if self.steps_per_epoch(self.state.consumed) == 0:
-            self.state = SamplerState(self.state.epoch + 1, 0)
         perm = self._permutation(self.state.epoch)
         start = self.state.consumed + self.rank * self.batch_size
         # pad wraps around to the epoch's start: the last global batch is always full on every rank
         idx = perm[np.arange(start, start + self.batch_size) % self.num_samples]
         self.state.consumed += self.global_batch
-        if self.state.consumed >= self.num_samples:
+        if self.steps_per_epoch(self.state.consumed) <= 0:  # no full step left: the epoch is over
             self.state = SamplerState(self.state.epoch + 1, 0)
         return idx
 

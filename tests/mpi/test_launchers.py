@@ -1,0 +1,39 @@
+"""Real 2-rank launches of `hpctrain train` and `hpctrain info` under each launcher we support."""
+
+import pytest
+
+from tests.launch import HPCTRAIN, horovodrun, mpirun, run, summary
+
+SMALL = ["model.name=mlp", "model.width=32", "train.steps=20", "train.batch_size=16", "data.samples=1024",
+         "run.log_every=5", "train.warmup_steps=2"]
+
+
+@pytest.mark.parametrize("launcher, cmd, controller", [
+    ("openmpi", lambda *a: mpirun(2, *a), "mpi"),
+    ("openmpi", lambda *a: horovodrun(2, *a), "mpi"),  # horovodrun drives mpirun when MPI is present
+    ("horovodrun-gloo", lambda *a: horovodrun(2, *a, gloo=True), "gloo"),
+], ids=["mpirun", "horovodrun", "horovodrun-gloo"])
+def test_two_rank_training(tmp_path, launcher, cmd, controller):
+    run(cmd(HPCTRAIN, "train", *SMALL, f"run.dir={tmp_path}"))
+    s = summary(tmp_path)
+    assert (s["world_size"], s["launcher"], s["controller"], s["steps"]) == (2, launcher, controller, 20)
+    assert s["global_batch_size"] == 32 and s["samples_per_sec"] > 0
+    assert s["final_loss"] < s["initial_loss"]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 5  # steps 1, 5, 10, 15, 20
+    assert (tmp_path / "model.pt").exists() and (tmp_path / "config.toml").exists()
+
+
+def test_single_process_and_two_ranks_write_the_same_summary_keys(tmp_path):
+    run([HPCTRAIN, "train", *SMALL, f"run.dir={tmp_path}"])
+    s = summary(tmp_path)
+    for key in ("final_loss", "steps", "world_size", "samples_per_sec", "params_sha256"):
+        assert key in s
+    assert s["world_size"] == 1 and s["launcher"] == "single" and len(s["params_sha256"]) == 64
+
+
+def test_info_reports_every_rank():
+    out = run(mpirun(2, HPCTRAIN, "info")).stdout
+    assert "horovod     0.28.1 built with: mpi=yes, gloo=yes" in out
+    assert "launcher    openmpi; controller mpi; world size 2" in out
+    assert "rank 0/2" in out and "rank 1/2" in out

@@ -1,0 +1,77 @@
+import pytest
+
+from hpctrain import config
+from hpctrain.config import ConfigError
+
+
+def test_defaults_are_valid():
+    cfg = config.load(None)
+    assert cfg.train.steps == 100 and cfg.comm.compression == "none"
+
+
+def test_toml_then_overrides(tmp_path):
+    f = tmp_path / "run.toml"
+    f.write_text('[optim]\nlr = 0.5\n[train]\nsteps = 7\n[run]\ndir = "out dir"\n')
+    cfg = config.load(f, ["optim.lr=0.1", "comm.compression=fp16", "comm.fusion_threshold_mb=32",
+                          "run.log_all_ranks=true"])
+    assert cfg.optim.lr == 0.1  # the command line wins over the file
+    assert cfg.train.steps == 7
+    assert cfg.run.dir == "out dir"
+    assert cfg.comm.compression == "fp16"
+    assert cfg.comm.fusion_threshold_mb == 32.0 and isinstance(cfg.comm.fusion_threshold_mb, float)
+    assert cfg.run.log_all_ranks is True
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("optim.lrr=0.1", "optim.lrr: unknown key; valid keys in [optim]: name, lr,"),
+    ("optimizer.lr=0.1", "unknown section [optimizer]; valid sections: run, train"),
+    ("train.steps=ten", "train.steps: expected an integer, got 'ten'"),
+    ("train.steps=1.5", "train.steps: expected an integer"),
+    ("train.steps=0", "train.steps: must be >= 1"),
+    ("optim.lr=-1", "optim.lr: must be a positive number"),
+    ("comm.compression=int8", "comm.compression: 'int8' is not one of 'none', 'fp16'"),
+    ("run.log_all_ranks=1", "run.log_all_ranks: expected true or false"),
+    ("model.heads=3", None),  # valid for the default MLP ...
+    ("lr=0.1", "expected section.key=value"),
+    ("optim.lr", "expected section.key=value"),
+])
+def test_bad_overrides_name_the_key(override, fragment):
+    if fragment is None:
+        config.load(None, [override])
+        return
+    with pytest.raises(ConfigError) as e:
+        config.load(None, [override])
+    assert fragment in str(e.value)
+
+
+def test_cross_field_check():
+    with pytest.raises(ConfigError, match=r"model.heads: must divide model.width=256"):
+        config.load(None, ["model.name=transformer", "model.heads=3"])
+
+
+def test_file_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="nope.toml: config file not found"):
+        config.load(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nsteps = 1\n")
+    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+        config.load(bad)
+    notable = tmp_path / "notable.toml"
+    notable.write_text("train = 3\n")
+    with pytest.raises(ConfigError, match=r"\[train\] must be a table"):
+        config.load(notable)
+
+
+def test_resolved_toml_round_trips(tmp_path):
+    cfg = config.load(None, ['run.dir="a \\"quoted\\" dir"', "optim.lr=0.25", "model.name=cnn"])
+    f = tmp_path / "resolved.toml"
+    f.write_text(config.to_toml(cfg))
+    assert config.load(f) == cfg
+
+
+def test_describe_lists_every_key_with_help():
+    text = config.describe()
+    for key in ("run.dir", "train.steps", "train.batch_size", "train.seed", "model.name", "optim.lr",
+                "comm.compression", "comm.fusion_threshold_mb", "comm.cycle_time_ms", "checkpoint.every_steps"):
+        line = next(ln for ln in text.splitlines() if ln.startswith(key + " "))
+        assert len(line.split(": ", 1)[1]) > 10, line

@@ -1,0 +1,87 @@
+"""Launcher detection from environments recorded under each launcher (trimmed to the relevant part)."""
+
+import pytest
+
+from hpctrain.runtime import LaunchError, check_launch, cpu_threads, detect_launcher, rank_seed
+
+# `srun --mpi=pmix -n 4 --ntasks-per-node=2` step, rank 3 on the second node
+SLURM_STEP = {"SLURM_JOB_ID": "42", "SLURM_STEP_ID": "0", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
+              "SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NODEID": "1", "PMIX_RANK": "3"}
+# the batch script itself: a rank/size pair but no step
+SLURM_BATCH = {"SLURM_JOB_ID": "42", "SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_LOCALID": "0"}
+# `mpirun -np 2`, rank 1
+OPENMPI = {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+           "OMPI_COMM_WORLD_LOCAL_SIZE": "2", "OMPI_COMM_WORLD_NODE_RANK": "0"}
+# `horovodrun --gloo -np 2`, rank 0
+HOROVOD_GLOO = {"HOROVOD_RANK": "0", "HOROVOD_SIZE": "2", "HOROVOD_LOCAL_RANK": "0", "HOROVOD_LOCAL_SIZE": "2",
+                "HOROVOD_CROSS_RANK": "0", "HOROVOD_CROSS_SIZE": "1", "HOROVOD_CONTROLLER": "gloo",
+                "HOROVOD_CPU_OPERATIONS": "gloo", "HOROVOD_GLOO_RENDEZVOUS_ADDR": "127.0.0.1",
+                "HOROVOD_GLOO_RENDEZVOUS_PORT": "33333"}
+
+
+def test_slurm_step():
+    info = detect_launcher(SLURM_STEP)
+    assert (info.launcher, info.rank, info.local_rank, info.size, info.local_size) == ("slurm", 3, 1, 4, 2)
+
+
+def test_slurm_batch_script_is_refused_with_advice():
+    with pytest.raises(LaunchError, match="srun --mpi=pmix"):
+        detect_launcher(SLURM_BATCH)
+
+
+def test_openmpi():
+    info = detect_launcher(OPENMPI)
+    assert (info.launcher, info.rank, info.local_rank, info.size, info.local_size) == ("openmpi", 1, 1, 2, 2)
+
+
+def test_mpirun_inside_a_slurm_allocation_is_openmpi():
+    info = detect_launcher({**SLURM_BATCH, **OPENMPI})
+    assert info.launcher == "openmpi" and info.size == 2
+
+
+def test_horovodrun_gloo():
+    info = detect_launcher(HOROVOD_GLOO)
+    assert (info.launcher, info.rank, info.size, info.local_size) == ("horovodrun-gloo", 0, 2, 2)
+
+
+def test_single_process():
+    info = detect_launcher({"PATH": "/usr/bin"})
+    assert (info.launcher, info.rank, info.size) == ("single", 0, 1)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"OMPI_COMM_WORLD_RANK": "0"}, "OMPI_COMM_WORLD_RANK is set but OMPI_COMM_WORLD_SIZE is not"),
+    ({"HOROVOD_SIZE": "2"}, "HOROVOD_SIZE is set but HOROVOD_RANK is not"),
+    ({"OMPI_COMM_WORLD_RANK": "x", "OMPI_COMM_WORLD_SIZE": "2"}, "is not an integer"),
+    ({"OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_SIZE": "2"}, "outside 0..1"),
+    ({"HPCTRAIN_LAUNCHER": "pbs"}, "expected one of"),
+    ({"HPCTRAIN_LAUNCHER": "slurm"}, "SLURM_PROCID is not set"),
+])
+def test_broken_environments(env, message):
+    with pytest.raises(LaunchError, match=message):
+        detect_launcher(env)
+
+
+def test_forced_launcher_wins():
+    assert detect_launcher({**OPENMPI, **SLURM_STEP, "HPCTRAIN_LAUNCHER": "slurm"}).launcher == "slurm"
+    assert detect_launcher({**OPENMPI, "HPCTRAIN_LAUNCHER": "single"}).launcher == "single"
+
+
+def test_gloo_operations_under_mpirun_are_refused():
+    env = {**OPENMPI, "HOROVOD_CPU_OPERATIONS": "gloo"}
+    with pytest.raises(LaunchError, match="HOROVOD_CPU_OPERATIONS=gloo under openmpi segfaults"):
+        check_launch(detect_launcher(env), env)
+    check_launch(detect_launcher(HOROVOD_GLOO), HOROVOD_GLOO)  # fine under horovodrun --gloo
+
+
+def test_cpu_threads_share_the_cores(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    assert cpu_threads(2) == 4 and cpu_threads(16) == 1
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {3})  # bound to one core by the launcher
+    assert cpu_threads(2) == 1
+
+
+def test_rank_seeds_differ_and_repeat():
+    seeds = {rank_seed(1234, r) for r in range(64)}
+    assert len(seeds) == 64 and rank_seed(1234, 5) == rank_seed(1234, 5)
