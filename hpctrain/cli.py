@@ -7,10 +7,12 @@ Exit codes: 0 done; 1 unexpected failure (the whole MPI job is aborted); 2 bad i
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 import traceback
+from pathlib import Path
 
 from hpctrain import config as config_mod
 from hpctrain.config import UserError
@@ -43,6 +45,45 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--keys", action="store_true", help="list every key with type, default and help")
     c.add_argument("overrides", nargs="*", metavar="section.key=value")
 
+    d = sub.add_parser("data", help="create, convert, check, stage and describe sharded HDF5 datasets")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+
+    def writer_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("out", help="dataset directory to create (must not exist unless --overwrite)")
+        p.add_argument("--shards", type=int, help="number of shard files (default: ~1 GiB each)")
+        p.add_argument("--compression", choices=["none", "lzf", "gzip"], default="none")
+        p.add_argument("--chunk-samples", type=int, help="HDF5 chunk size in samples (default: ~1 MiB)")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing dataset (atomically)")
+
+    ds = dsub.add_parser("synth", help="generate a deterministic synthetic dataset (parallel under mpirun)")
+    writer_args(ds)
+    ds.add_argument("--task", choices=["images", "vectors", "regression", "tokens"], default="images")
+    ds.add_argument("--samples", type=int, default=8192)
+    ds.add_argument("--seed", type=int, default=1234)
+    ds.add_argument("--shape", help="per-sample input shape, e.g. 3,32,32 or 64")
+    ds.add_argument("--classes", type=int, default=10, help="classes (or regression outputs)")
+    ds.add_argument("--split", choices=["train", "val", "test"], default="train",
+                    help="disjoint samples of the same task (same --seed) for validation or test sets")
+
+    dh = dsub.add_parser("shard", help="convert .npy/.npz/.h5 arrays to the format (parallel under mpirun)")
+    writer_args(dh)
+    dh.add_argument("--field", action="append", required=True, metavar="NAME=FILE[:ARRAY]",
+                    help="a field and its source: x=images.npy, y=data.npz:labels, x=raw.h5:/images")
+    dh.add_argument("--inputs", default=None, help="field the model takes (default: the first --field)")
+    dh.add_argument("--targets", default=None, help="field the loss uses (default: the second --field)")
+    dh.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="free metadata")
+
+    dv = dsub.add_parser("validate", help="check manifest against shards; exit 0, or 2 naming the bad file")
+    dv.add_argument("path")
+    dv.add_argument("--no-checksum", action="store_true", help="skip SHA-256 (sizes and layout only)")
+
+    dst = dsub.add_parser("stage", help="copy a dataset to node-local storage once per node; prints the path")
+    dst.add_argument("path")
+    dst.add_argument("dest", help="node-local directory, e.g. $TMPDIR")
+
+    di = dsub.add_parser("inspect", help="human summary of a dataset")
+    di.add_argument("path")
+
     sub.add_parser("info", help="versions, Horovod build, launcher, rank/size, device, threads (every rank)")
     return p
 
@@ -74,7 +115,68 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"train": cmd_train, "config": cmd_config, "info": cmd_info}
+def cmd_data(args: argparse.Namespace) -> int:
+    from hpctrain import runtime
+    from hpctrain.data import format as fmt
+    from hpctrain.data import sources, writer
+    from hpctrain.data.format import DataError
+
+    if args.data_command == "validate":
+        m = fmt.validate(args.path, checksum=not args.no_checksum)
+        print(f"{args.path}: OK ({m.num_samples} samples, {len(m.shards)} shards"
+              f"{', checksums verified' if not args.no_checksum else ''})")
+        return EXIT_OK
+    if args.data_command == "inspect":
+        print(fmt.describe(args.path))
+        return EXIT_OK
+    comm = runtime.mpi_comm()
+    rank = comm.Get_rank() if comm is not None else 0
+    if args.data_command == "stage":
+        from hpctrain.data.stage import stage
+
+        local = comm.Split_type(2) if comm is not None else None  # MPI.COMM_TYPE_SHARED: ranks of this node
+        path = stage(args.path, args.dest, local.Get_rank() if local else 0,
+                     local.Barrier if local else (lambda: None))
+        if rank == 0:
+            print(path)
+        return EXIT_OK
+    if args.data_command == "synth":
+        shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else None
+        fields, read, meta = sources.synthetic_source(args.task, args.samples, args.seed, shape, args.classes,
+                                                            args.split)
+        meta.update(seed=args.seed, split=args.split)
+        n, inputs, targets = args.samples, "x", "y"
+    else:
+        specs = {}
+        for item in args.field:
+            name, sep, spec = item.partition("=")
+            if not sep or not name or not spec:
+                raise DataError(f"--field {item!r}: expected NAME=FILE[:ARRAY]")
+            specs[name] = spec
+        fields, n, read = sources.from_arrays(specs)
+        names = list(specs)
+        inputs = args.inputs or names[0]
+        targets = args.targets or (names[1] if len(names) > 1 else names[0])
+        meta = {}
+        for item in args.meta:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise DataError(f"--meta {item!r}: expected KEY=VALUE")
+            try:
+                meta[key] = json.loads(value)  # numbers and booleans stay numbers and booleans
+            except json.JSONDecodeError:
+                meta[key] = value
+        meta["converted_from"] = {name: Path(spec).name for name, spec in specs.items()}
+    per_sample = sum(f.sample_bytes for f in fields)
+    shards = args.shards or max(1, min(n, -(-n * per_sample // (1 << 30))))
+    m = writer.write_dataset(args.out, fields, read, n, shards, args.compression, args.chunk_samples, inputs,
+                             targets, meta, args.overwrite, comm)
+    if rank == 0:
+        print(fmt.describe(args.out))
+    return EXIT_OK
+
+
+COMMANDS = {"train": cmd_train, "config": cmd_config, "info": cmd_info, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,7 +187,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = COMMANDS[args.command](args)
     except UserError as e:
-        if runtime.world_size() > 1:
+        if e.agreed:  # dist: every rank raised it together: one line, and a clean exit everywhere
+            if runtime.world_rank() == 0:
+                print(f"hpctrain: error: {e}", file=sys.stderr, flush=True)
+        elif runtime.world_size() > 1:
             # dist: raised after MPI came up, maybe on one rank alone: name it and end every rank
             print(f"hpctrain: error (rank {runtime.world_rank()}): {e}", file=sys.stderr, flush=True)
             runtime.abort_world(EXIT_USAGE)

@@ -22,7 +22,15 @@ from typing import Any, Literal
 
 
 class UserError(Exception):
-    """An error the user can fix (bad input, config, data or launch); the CLI exits 2 with its message."""
+    """An error the user can fix (bad input, config, data or launch); the CLI exits 2 with its message.
+
+    ``agreed=True`` says every rank raised it together (after a collective check), so the job can end
+    cleanly on every rank; otherwise one rank may be alone with it and the CLI aborts the MPI world.
+    """
+
+    def __init__(self, message: str, agreed: bool = False) -> None:
+        super().__init__(message)
+        self.agreed = agreed
 
 
 class ConfigError(UserError):
@@ -82,13 +90,39 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: Literal["synthetic"] = _f("synthetic", "where samples come from: synthetic = generated in memory")
-    samples: int = _f(8192, "synthetic: number of samples in the dataset")
+    source: Literal["synthetic", "hdf5"] = _f(
+        "synthetic", "synthetic = generated in memory from train.seed; hdf5 = a sharded dataset at data.path")
+    path: str = _f("", "hdf5: training dataset directory (manifest.json + shard-*.h5)")
+    val_path: str = _f("", "hdf5: validation dataset directory (optional)")
+    samples: int = _f(8192, "synthetic: number of training samples")
+    val_samples: int = _f(0, "synthetic: number of validation samples (0 = no validation)")
     remainder: Literal["drop", "pad"] = _f(
         "drop", "samples left over after an epoch's last full global batch: drop them, or pad by wrapping")
+    shuffle_window: int = _f(4096, "hdf5: samples shuffled together in memory (1 = block order only)")
+    block_samples: int = _f(0, "hdf5: samples per shuffled block (0 = the dataset's HDF5 chunk size)")
+    prefetch: int = _f(4, "hdf5: batches read ahead by the background thread")
+    verify: Literal["size", "checksum", "none"] = _f(
+        "size", "hdf5: checks at start: size = shard sizes and layout, checksum = also SHA-256 (slow)")
+    stage_dir: str = _f("", "copy the datasets to this node-local directory first, once per node "
+                            "($VARS expanded, e.g. $TMPDIR); empty = read in place")
 
     def __post_init__(self) -> None:
         _check(self.samples >= 1, "data.samples", "must be >= 1")
+        _check(self.val_samples >= 0, "data.val_samples", "must be >= 0")
+        _check(self.shuffle_window >= 1, "data.shuffle_window", "must be >= 1")
+        _check(self.block_samples >= 0, "data.block_samples", "must be >= 0")
+        _check(self.prefetch >= 1, "data.prefetch", "must be >= 1")
+        _check(self.source != "hdf5" or self.path != "", "data.path", "is required when data.source = \"hdf5\"")
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = _f(0, "evaluate on the validation set every N steps (0 = only at the end)")
+    batch_size: int = _f(256, "validation samples per rank per forward pass")
+
+    def __post_init__(self) -> None:
+        _check(self.every_steps >= 0, "eval.every_steps", "must be >= 0")
+        _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
 
 
 @dataclass
@@ -132,6 +166,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     comm: CommConfig = field(default_factory=CommConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

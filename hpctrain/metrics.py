@@ -133,6 +133,21 @@ class Metrics:
         self._interval_start = time.perf_counter()
         self._interval_steps = 0
 
+    def record_eval(self, step: int, result: dict[str, Any], seconds: float = 0.0) -> None:
+        """Rank 0 appends a validation record to metrics.jsonl; the ``seconds`` it took are left out of
+        the training throughput."""
+        self._interval_start += seconds
+        if self._measure_start is not None:
+            self._measure_start += seconds
+        record = {"step": step, **{k: v for k, v in result.items() if k.startswith("val_")}, "time": time.time()}
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+        if self.rt.is_root and self._bar is None:
+            log.info("step %d validation: %s", step, "  ".join(
+                f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
+                if k.startswith("val_")))
+
     def summary(self, extra: dict[str, Any]) -> dict[str, Any]:
         """Post-warm-up throughput reduced over ranks (a collective); rank 0 writes summary.json."""
         end = time.perf_counter()

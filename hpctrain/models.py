@@ -133,7 +133,10 @@ def build(cfg: ModelSpec) -> nn.Module:
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over every predicted position (one per sample, or one per token)."""
+    """Mean cross-entropy over every predicted position (one per sample, or one per token); mean squared
+    error where the targets are real numbers (regression)."""
+    if target.is_floating_point():
+        return F.mse_loss(logits, target)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
 
 

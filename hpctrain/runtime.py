@@ -10,13 +10,14 @@ import logging
 import os
 import random
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from hpctrain.config import CommConfig, UserError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class LaunchError(UserError):
@@ -189,6 +190,19 @@ def init(comm: CommConfig, env: dict[str, str] | None = None) -> Runtime:
     return Runtime(info, hvd.rank(), hvd.size(), hvd.local_rank(), local_size, device, threads, controller)
 
 
+def mpi_comm() -> Any:
+    """MPI.COMM_WORLD for tools that use MPI without Horovod (dataset writers), or None for one process."""
+    info = detect_launcher(os.environ)
+    check_launch(info, os.environ)
+    if info.size == 1:
+        return None
+    if info.launcher == "horovodrun-gloo":
+        raise LaunchError("this command uses MPI: launch it with mpirun or srun, not horovodrun --gloo")
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
 def _mpi_world():  # type: ignore[no-untyped-def]
     """MPI.COMM_WORLD if this process initialised MPI and has not finalised it, else None."""
     if "mpi4py.MPI" not in sys.modules:
@@ -215,6 +229,26 @@ def abort_world(code: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         world.Abort(code)
+
+
+def agree(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on every rank; if it raises a UserError on any rank, every rank raises the first one.
+
+    For checks whose outcome may differ between ranks (a file visible on one node only): the job then
+    ends with exit code 2 on every rank instead of one rank failing while the others wait in a collective.
+    """
+    import horovod.torch as hvd
+
+    result, error = None, None
+    try:
+        result = fn()
+    except UserError as e:
+        error = str(e)
+    errors = hvd.allgather_object(error)  # dist
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise UserError(first, agreed=True)
+    return result  # type: ignore[return-value]
 
 
 class RankFormatter(logging.Formatter):

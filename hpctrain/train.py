@@ -4,6 +4,8 @@ metrics; the policy of each stays in its own module."""
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,38 +16,101 @@ import torch
 
 import hpctrain
 from hpctrain import config as config_mod
-from hpctrain import models, optim
-from hpctrain.config import Config
+from hpctrain import models, optim, runtime
+from hpctrain.config import Config, ConfigError, DataConfig
 from hpctrain.data import synthetic
+from hpctrain.data.format import Manifest
+from hpctrain.data.memory import InMemorySource
+from hpctrain.data.reader import ShardedReader, ShardFiles, eval_ids, open_dataset
 from hpctrain.data.sampler import GlobalBatchSampler
+from hpctrain.data.stage import stage
 from hpctrain.metrics import Metrics, params_sha256
 from hpctrain.runtime import Runtime, rank_seed, seed_everything
 
 log = logging.getLogger(__name__)
 
 
-class InMemoryDataset:
-    """Input and target arrays held by every rank; batches are gathered by index."""
+def check_compatible(spec: models.SampleSpec, manifest: Manifest, path: str) -> None:
+    """The dataset's input and target fields must be what the configured model takes."""
+    x, y = manifest.field(manifest.inputs), manifest.field(manifest.targets)
+    if tuple(x.shape) != spec.input_shape:
+        raise ConfigError(f"{path}: field {x.name!r} has samples of shape {list(x.shape)} but model "
+                          f"{spec.name!r} takes {list(spec.input_shape)}: adjust the [model] section")
+    if np.dtype(x.dtype).kind != ("i" if spec.input_dtype == torch.int64 else "f"):
+        raise ConfigError(f"{path}: field {x.name!r} is {x.dtype}, model {spec.name!r} takes "
+                          f"{'integer tokens' if spec.input_dtype == torch.int64 else 'real numbers'}")
+    if np.dtype(y.dtype).kind in "iu" and tuple(y.shape) != spec.target_shape:
+        raise ConfigError(f"{path}: target field {y.name!r} has shape {list(y.shape)}, model {spec.name!r} "
+                          f"predicts {list(spec.target_shape)}")
 
-    def __init__(self, inputs: np.ndarray, targets: np.ndarray) -> None:
-        self.inputs = torch.from_numpy(inputs)
-        self.targets = torch.from_numpy(targets)
 
-    def __len__(self) -> int:
-        return len(self.inputs)
-
-    def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.from_numpy(indices)
-        return self.inputs[idx], self.targets[idx]
+def resolve_paths(cfg: DataConfig, rt: Runtime) -> tuple[str, str]:
+    """Dataset paths to read from: in place, or staged to node-local storage first (collective)."""
+    if not cfg.stage_dir:
+        return cfg.path, cfg.val_path
+    return tuple(  # type: ignore[return-value]
+        str(runtime.agree(lambda p=p: stage(p, cfg.stage_dir, rt.local_rank, hvd.barrier))) if p else ""
+        for p in (cfg.path, cfg.val_path))
 
 
-def build_dataset(cfg: Config) -> InMemoryDataset:
+def build_train_source(cfg: Config, rt: Runtime, path: str) -> InMemorySource | ShardedReader:
     spec = models.sample_spec(cfg.model)
+    seed, batch = cfg.train.seed, cfg.train.batch_size
+    if cfg.data.source == "synthetic":
+        x, y = synthetic_arrays(spec, cfg.data.samples, seed)
+        sampler = runtime.agree(lambda: _sampler(len(x), batch, rt, seed, cfg.data.remainder))
+        return InMemorySource(x, y, sampler)
+    manifest = runtime.agree(lambda: open_dataset(path, cfg.data.verify))
+    check_compatible(spec, manifest, path)
+    return runtime.agree(lambda: ShardedReader(
+        path, manifest, rt.rank, rt.size, batch, seed, cfg.data.remainder, cfg.data.shuffle_window,
+        cfg.data.block_samples, cfg.data.prefetch))
+
+
+def _sampler(n: int, batch: int, rt: Runtime, seed: int, remainder: str) -> GlobalBatchSampler:
+    try:
+        return GlobalBatchSampler(n, batch, rt.rank, rt.size, seed, remainder)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise ConfigError(f"data.samples: {e}") from None
+
+
+def synthetic_arrays(spec: models.SampleSpec, n: int, seed: int,
+                     sample_seed: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
     if spec.input_dtype == torch.int64:
-        x, y = synthetic.token_sequences(cfg.data.samples, cfg.model.seq_len, spec.num_classes, cfg.train.seed)
-    else:
-        x, y = synthetic.classification(cfg.data.samples, spec.input_shape, spec.num_classes, cfg.train.seed)
-    return InMemoryDataset(x, y)
+        return synthetic.token_sequences(n, spec.input_shape[0], spec.num_classes, seed, sample_seed=sample_seed)
+    return synthetic.classification(n, spec.input_shape, spec.num_classes, seed, sample_seed=sample_seed)
+
+
+class ValidationSet:
+    """This rank's share of the validation samples: disjoint, together every sample exactly once."""
+
+    def __init__(self, cfg: Config, rt: Runtime, path: str) -> None:
+        self.batch_size = cfg.eval.batch_size
+        self.files: ShardFiles | None = None
+        if cfg.data.source == "synthetic":
+            n = cfg.data.val_samples
+            self.ids = eval_ids(n, rt.rank, rt.size)
+            spec = models.sample_spec(cfg.model)
+            self.arrays = synthetic_arrays(spec, n, cfg.train.seed, sample_seed=(cfg.train.seed, 7_000_003))
+        else:
+            manifest = runtime.agree(lambda: open_dataset(path, cfg.data.verify))
+            check_compatible(models.sample_spec(cfg.model), manifest, path)
+            self.files = ShardFiles(Path(path), manifest, [manifest.inputs, manifest.targets])
+            self.ids = eval_ids(manifest.num_samples, rt.rank, rt.size)
+
+    def batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for a in range(0, len(self.ids), self.batch_size):
+            ids = self.ids[a:a + self.batch_size]
+            if self.files is None:
+                yield self.arrays[0][ids], self.arrays[1][ids]
+            else:
+                m = self.files.manifest
+                fields = self.files.read(ids)
+                yield fields[m.inputs], fields[m.targets]
+
+    def close(self) -> None:
+        if self.files is not None:
+            self.files.close()
 
 
 class Trainer:
@@ -58,9 +123,10 @@ class Trainer:
         if rt.is_root:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.toml").write_text(config_mod.to_toml(cfg))
-        self.dataset = build_dataset(cfg)
-        self.sampler = GlobalBatchSampler(len(self.dataset), cfg.train.batch_size, rt.rank, rt.size,
-                                          cfg.train.seed, cfg.data.remainder)
+        train_path, val_path = resolve_paths(cfg.data, rt)
+        self.data = build_train_source(cfg, rt, train_path)
+        has_val = cfg.data.val_samples > 0 if cfg.data.source == "synthetic" else bool(val_path)
+        self.val = ValidationSet(cfg, rt, val_path) if has_val else None
         seed_everything(cfg.train.seed)  # same initial weights on every rank, before the broadcast
         self.model = models.build(cfg.model).to(rt.device)
         self.optimizer = optim.build(self.model, cfg.optim, cfg.comm)
@@ -83,11 +149,38 @@ class Trainer:
         self.model.train()
         self.metrics.start(self.step)
         while self.step < cfg.train.steps:
-            inputs, target = self.dataset.batch(self.sampler.next_indices())
-            loss = self.train_step(inputs.to(self.rt.device), target.to(self.rt.device))
+            inputs, target = self.data.next_batch()
+            loss = self.train_step(torch.from_numpy(inputs).to(self.rt.device),
+                                   torch.from_numpy(target).to(self.rt.device))
             self.step += 1
             self.metrics.step_done(self.step, loss, self.optimizer.param_groups[0]["lr"])
+            if self.val is not None and cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 \
+                    and self.step != cfg.train.steps:
+                t0 = time.perf_counter()
+                result = self.evaluate()
+                self.metrics.record_eval(self.step, result, time.perf_counter() - t0)
         return self.finish()
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Loss (and accuracy for class targets) over the whole validation set, summed across ranks."""
+        assert self.val is not None
+        self.model.eval()
+        totals = torch.zeros(4, dtype=torch.float64)  # loss sum, correct, predictions, samples
+        for x, y in self.val.batches():
+            inputs, target = torch.from_numpy(x).to(self.rt.device), torch.from_numpy(y).to(self.rt.device)
+            logits = self.model(inputs)
+            totals[0] += float(models.loss_fn(logits, target)) * len(x)
+            totals[3] += len(x)
+            if not target.is_floating_point():
+                totals[1] += float((logits.argmax(-1) == target).sum())
+                totals[2] += target.numel()
+        self.model.train()
+        totals = hvd.allreduce(totals, op=hvd.Sum, name="hpctrain.eval")  # dist: every sample counted once
+        result = {"val_loss": float(totals[0] / totals[3]), "val_samples": int(totals[3])}
+        if totals[2] > 0:
+            result["val_accuracy"] = float(totals[1] / totals[2])
+        return result
 
     def finish(self) -> dict[str, Any]:
         """Summary on every rank (collective); rank 0 writes summary.json and the final weights."""
@@ -104,6 +197,9 @@ class Trainer:
             "versions": {"hpctrain": hpctrain.__version__, "torch": torch.__version__,
                          "horovod": horovod.__version__},
         }
+        if self.val is not None:
+            extra.update(self.evaluate())
+            self.metrics.record_eval(self.step, extra)
         summary = self.metrics.summary(extra)
         if self.rt.is_root:
             tmp = self.run_dir / ".model.pt.tmp"
@@ -113,15 +209,24 @@ class Trainer:
 
     def close(self) -> None:
         self.metrics.close()
+        self.data.close()
+        if self.val is not None:
+            self.val.close()
 
 
 def describe_summary(summary: dict[str, Any], run_dir: Path) -> str:
     """The few lines a person reads at the end of a run."""
     rate = summary["samples_per_sec"]
     per_rank = summary["samples_per_sec_per_rank"]["mean"]
+    val = ""
+    if "val_loss" in summary:
+        val = f"  validation loss {summary['val_loss']:.4f}"
+        if "val_accuracy" in summary:
+            val += f", accuracy {summary['val_accuracy']:.2%}"
+        val += f" over {summary['val_samples']} samples\n"
     return (f"trained {summary['model']} for {summary['steps']} steps on {summary['world_size']} rank(s) "
             f"({summary['launcher']}, {summary['controller']} controller, compression {summary['compression']})\n"
-            f"  loss {summary['initial_loss']:.4f} -> {summary['final_loss']:.4f}\n"
+            f"  loss {summary['initial_loss']:.4f} -> {summary['final_loss']:.4f}\n{val}"
             f"  throughput {rate:,.0f} samples/s global, {per_rank:,.0f} samples/s per rank, "
             f"step {summary['step_time_ms']['mean']:.1f} ms (after {summary['warmup_steps']} warm-up steps)\n"
             f"  outputs in {run_dir}/: metrics.jsonl, summary.json, config.toml, model.pt\n"

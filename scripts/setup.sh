@@ -83,7 +83,7 @@ if ! ls "$key_dir"/horovod-*.whl >/dev/null 2>&1; then
 fi
 
 # --- 4. hpctrain itself (editable) with the pinned dependencies ---------------------------------------
-pip install --find-links "$key_dir" -e "$ROOT[test]"
+pip install --find-links "$key_dir" -e "$ROOT[test,examples]"
 "$PY" -c "import horovod.torch as hvd; assert hvd.mpi_built() and hvd.gloo_built()" \
   || die "Horovod in $VENV lacks MPI or Gloo support: delete $key_dir and re-run"
 log "ready: $VENV ($("$PY" -c 'import torch, horovod; print(f"torch {torch.__version__}, horovod {horovod.__version__}")'))"
