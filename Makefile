@@ -27,5 +27,9 @@ test-unit: setup
 test-mpi: setup
 	$(BIN)/python -m pytest -ra tests/mpi
 
+lint: setup
+	$(BIN)/python -m pip install -q ruff==0.17.5
+	$(BIN)/ruff check hpctrain tests data scripts
+
 clean:
 	rm -rf runs build *.egg-info .pytest_cache

@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def writer_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("out", help="dataset directory to create (must not exist unless --overwrite)")
-        p.add_argument("--shards", type=int, help="number of shard files (default: ~1 GiB each)")
+        p.add_argument("--shards", type=int, help="number of shard files (default: ~256 MiB each)")
         p.add_argument("--compression", choices=["none", "lzf", "gzip"], default="none")
         p.add_argument("--chunk-samples", type=int, help="HDF5 chunk size in samples (default: ~1 MiB)")
         p.add_argument("--overwrite", action="store_true", help="replace an existing dataset (atomically)")
@@ -168,7 +168,7 @@ def cmd_data(args: argparse.Namespace) -> int:
                 meta[key] = value
         meta["converted_from"] = {name: Path(spec).name for name, spec in specs.items()}
     per_sample = sum(f.sample_bytes for f in fields)
-    shards = args.shards or max(1, min(n, -(-n * per_sample // (1 << 30))))
+    shards = args.shards or max(1, min(n, -(-n * per_sample // writer.SHARD_TARGET_BYTES)))
     m = writer.write_dataset(args.out, fields, read, n, shards, args.compression, args.chunk_samples, inputs,
                              targets, meta, args.overwrite, comm)
     if rank == 0:

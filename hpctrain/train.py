@@ -30,17 +30,17 @@ from hpctrain.runtime import Runtime, rank_seed, seed_everything
 log = logging.getLogger(__name__)
 
 
-def check_compatible(spec: models.SampleSpec, manifest: Manifest, path: str) -> None:
+def check_compatible(model: str, spec: models.SampleSpec, manifest: Manifest, path: str) -> None:
     """The dataset's input and target fields must be what the configured model takes."""
     x, y = manifest.field(manifest.inputs), manifest.field(manifest.targets)
     if tuple(x.shape) != spec.input_shape:
         raise ConfigError(f"{path}: field {x.name!r} has samples of shape {list(x.shape)} but model "
-                          f"{spec.name!r} takes {list(spec.input_shape)}: adjust the [model] section")
+                          f"{model!r} takes {list(spec.input_shape)}: adjust the [model] section")
     if np.dtype(x.dtype).kind != ("i" if spec.input_dtype == torch.int64 else "f"):
-        raise ConfigError(f"{path}: field {x.name!r} is {x.dtype}, model {spec.name!r} takes "
+        raise ConfigError(f"{path}: field {x.name!r} is {x.dtype}, model {model!r} takes "
                           f"{'integer tokens' if spec.input_dtype == torch.int64 else 'real numbers'}")
     if np.dtype(y.dtype).kind in "iu" and tuple(y.shape) != spec.target_shape:
-        raise ConfigError(f"{path}: target field {y.name!r} has shape {list(y.shape)}, model {spec.name!r} "
+        raise ConfigError(f"{path}: target field {y.name!r} has shape {list(y.shape)}, model {model!r} "
                           f"predicts {list(spec.target_shape)}")
 
 
@@ -61,7 +61,7 @@ def build_train_source(cfg: Config, rt: Runtime, path: str) -> InMemorySource | 
         sampler = runtime.agree(lambda: _sampler(len(x), batch, rt, seed, cfg.data.remainder))
         return InMemorySource(x, y, sampler)
     manifest = runtime.agree(lambda: open_dataset(path, cfg.data.verify))
-    check_compatible(spec, manifest, path)
+    runtime.agree(lambda: check_compatible(cfg.model.name, spec, manifest, path))
     return runtime.agree(lambda: ShardedReader(
         path, manifest, rt.rank, rt.size, batch, seed, cfg.data.remainder, cfg.data.shuffle_window,
         cfg.data.block_samples, cfg.data.prefetch))
@@ -94,7 +94,7 @@ class ValidationSet:
             self.arrays = synthetic_arrays(spec, n, cfg.train.seed, sample_seed=(cfg.train.seed, 7_000_003))
         else:
             manifest = runtime.agree(lambda: open_dataset(path, cfg.data.verify))
-            check_compatible(models.sample_spec(cfg.model), manifest, path)
+            runtime.agree(lambda: check_compatible(cfg.model.name, models.sample_spec(cfg.model), manifest, path))
             self.files = ShardFiles(Path(path), manifest, [manifest.inputs, manifest.targets])
             self.ids = eval_ids(manifest.num_samples, rt.rank, rt.size)
 

@@ -101,7 +101,7 @@ SPLITS = ("train", "val", "test")
 
 
 def synthetic_source(task: str, num_samples: int, seed: int, shape: tuple[int, ...] | None = None,
-                     num_classes: int = 10, split: str = "train") -> tuple[list[FieldSpec], Callable[[int, int], dict], dict]:
+                     num_classes: int = 10, split: str = "train") -> tuple[list[FieldSpec], Callable, dict]:
     """A deterministic synthetic task; any range of samples can be generated on its own (parallel writes).
 
     The task itself (class patterns, teacher, chain) depends on ``seed``; ``split`` draws disjoint samples

@@ -8,8 +8,11 @@ directory; rank 0 gathers the shard records, writes the manifest and renames.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from hpctrain.data.format import COMPRESSIONS, MANIFEST, DataError, FieldSpec, Manifest, ShardInfo, sha256_file
+from hpctrain.data.format import COMPRESSIONS, MANIFEST, DataError, FieldSpec, Manifest, ShardInfo
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,7 @@ Source = Callable[[int, int], dict[str, np.ndarray]]
 
 CHUNK_TARGET_BYTES = 1 << 20  # ~1 MiB chunks: large sequential reads, still fine-grained for shuffling
 PIECE_TARGET_BYTES = 64 << 20  # memory bound while converting: at most this much of the source at once
+SHARD_TARGET_BYTES = 256 << 20  # default shard size: large files for the file system, one in memory to write
 
 
 def shard_name(index: int) -> str:
@@ -48,13 +52,19 @@ def shard_ranges(num_samples: int, num_shards: int) -> list[tuple[int, int]]:
 
 def write_shard(path: Path, fields: list[FieldSpec], read: Source, start: int, stop: int, chunk_samples: int,
                 compression: str) -> ShardInfo:
-    """Write samples [start, stop) of ``read`` to one HDF5 shard, streaming in bounded pieces."""
+    """Write samples [start, stop) of ``read`` to one HDF5 shard, reading the source in bounded pieces.
+
+    HDF5 builds the shard in memory and Python writes it out: HDF5 2.0 (and 1.14) crashes the process when
+    it closes a file after a failed write (disk full), while Python's own write raises a clean OSError.
+    Memory is therefore one shard (``SHARD_TARGET_BYTES`` by default) plus one piece of the input.
+    """
     import h5py
 
     per_sample = max(1, sum(f.sample_bytes for f in fields))
     piece = max(chunk_samples, (PIECE_TARGET_BYTES // per_sample) // chunk_samples * chunk_samples)
     n = stop - start
-    with h5py.File(path, "w") as f:
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
         dsets = {}
         for spec in fields:
             dsets[spec.name] = f.create_dataset(
@@ -70,7 +80,20 @@ def write_shard(path: Path, fields: list[FieldSpec], read: Source, start: int, s
                     raise DataError(f"field {spec.name!r}: samples {a}..{b} have shape {arr.shape[1:]}, "
                                     f"expected {spec.shape}")
                 dsets[spec.name][a - start:b - start] = arr.astype(spec.dtype, copy=False)
-    return ShardInfo(path.name, n, path.stat().st_size, sha256_file(path))
+    data = buf.getbuffer()
+    with open(path, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    return ShardInfo(path.name, n, len(data), hashlib.sha256(data).hexdigest())
+
+
+def io_reason(e: BaseException) -> str:
+    """The short reason of an I/O error, also from HDF5's long messages ("... error message = '...'")."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    match = re.search(r"error message = '([^']*)'", str(e))
+    return match.group(1) if match else str(e).splitlines()[0]
 
 
 def _tmp_dir(out: Path, token: str) -> Path:
@@ -124,8 +147,8 @@ def write_dataset(out: str | Path, fields: list[FieldSpec], read: Source, num_sa
             mine.append((i, write_shard(tmp / shard_name(i), fields, read, a, b, chunk, compression)))
     except DataError as e:
         error = str(e)
-    except OSError as e:
-        error = f"{out}: writing failed ({e.strerror or e}); is the disk full or the directory read-only?"
+    except (OSError, RuntimeError) as e:  # h5py reports failed writes as RuntimeError with the errno inside
+        error = f"{out}: writing failed ({io_reason(e)}); is the disk full or the directory read-only?"
     errors = comm.allgather(error) if comm is not None else [error]  # dist: every rank agrees on failure
     gathered = comm.gather(mine, root=0) if comm is not None else [mine]
     first_error = next((e for e in errors if e is not None), None)
@@ -136,7 +159,7 @@ def write_dataset(out: str | Path, fields: list[FieldSpec], read: Source, num_sa
         try:
             commit(tmp, out, manifest, overwrite)
         except OSError as e:
-            first_error = f"{out}: writing the manifest failed ({e.strerror or e}); is the disk full?"
+            first_error = f"{out}: writing the manifest failed ({io_reason(e)}); is the disk full?"
         except DataError as e:
             first_error = str(e)
     if comm is not None:
