@@ -7,7 +7,7 @@ NP ?= 2
 export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 
-.PHONY: setup demo test test-unit test-mpi lint clean
+.PHONY: setup demo test test-unit test-mpi lint docs clean
 
 setup: $(VENV)/.setup-done
 
@@ -30,6 +30,9 @@ test-mpi: setup
 lint: setup
 	$(BIN)/python -m pip install -q ruff==0.17.5
 	$(BIN)/ruff check hpctrain tests data scripts
+
+docs: setup
+	$(BIN)/python scripts/gen_docs.py
 
 clean:
 	rm -rf runs build *.egg-info .pytest_cache

@@ -84,6 +84,20 @@ def _parser() -> argparse.ArgumentParser:
     di = dsub.add_parser("inspect", help="human summary of a dataset")
     di.add_argument("path")
 
+    b = sub.add_parser("bench", help="benchmarks that print side-by-side ratios")
+    bsub = b.add_subparsers(dest="bench_command", required=True)
+    bl = bsub.add_parser("loader", help="hpctrain HDF5 reader vs raw sequential read vs naive DataLoader")
+    bl.add_argument("--path", help="existing dataset (default: generate synthetic images in a temp dir)")
+    bl.add_argument("--samples", type=int, default=20_000, help="generated dataset size (12 KiB/sample)")
+    bl.add_argument("--shards", type=int, default=4)
+    bl.add_argument("--batch", type=int, default=256)
+    bl.add_argument("--window", type=int, default=4096, help="reader shuffle window")
+    bl.add_argument("--repeats", type=int, default=3)
+    bl.add_argument("--epochs", type=int, default=3, help="epochs the hpctrain reader is timed over")
+    bl.add_argument("--naive-samples", type=int, default=5_000, help="samples timed for the naive loader")
+    bl.add_argument("--no-cold", action="store_true", help="skip the cold-cache measurement")
+    bl.add_argument("--json", help="also write the results to this file")
+
     sub.add_parser("info", help="versions, Horovod build, launcher, rank/size, device, threads (every rank)")
     return p
 
@@ -176,7 +190,15 @@ def cmd_data(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"train": cmd_train, "config": cmd_config, "info": cmd_info, "data": cmd_data}
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.bench_command == "loader":
+        from hpctrain.bench import loader
+
+        loader.main(args)
+    return EXIT_OK
+
+
+COMMANDS = {"train": cmd_train, "config": cmd_config, "info": cmd_info, "data": cmd_data, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> None:

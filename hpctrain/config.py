@@ -101,6 +101,7 @@ class DataConfig:
     shuffle_window: int = _f(4096, "hdf5: samples shuffled together in memory (1 = block order only)")
     block_samples: int = _f(0, "hdf5: samples per shuffled block (0 = the dataset's HDF5 chunk size)")
     prefetch: int = _f(4, "hdf5: batches read ahead by the background thread")
+    read_threads: int = _f(2, "hdf5: threads copying from the files at once (the kernel copy runs without the GIL)")
     verify: Literal["size", "checksum", "none"] = _f(
         "size", "hdf5: checks at start: size = shard sizes and layout, checksum = also SHA-256 (slow)")
     stage_dir: str = _f("", "copy the datasets to this node-local directory first, once per node "
@@ -112,6 +113,7 @@ class DataConfig:
         _check(self.shuffle_window >= 1, "data.shuffle_window", "must be >= 1")
         _check(self.block_samples >= 0, "data.block_samples", "must be >= 0")
         _check(self.prefetch >= 1, "data.prefetch", "must be >= 1")
+        _check(self.read_threads >= 1, "data.read_threads", "must be >= 1")
         _check(self.source != "hdf5" or self.path != "", "data.path", "is required when data.source = \"hdf5\"")
 
 

@@ -64,7 +64,7 @@ def build_train_source(cfg: Config, rt: Runtime, path: str) -> InMemorySource | 
     runtime.agree(lambda: check_compatible(cfg.model.name, spec, manifest, path))
     return runtime.agree(lambda: ShardedReader(
         path, manifest, rt.rank, rt.size, batch, seed, cfg.data.remainder, cfg.data.shuffle_window,
-        cfg.data.block_samples, cfg.data.prefetch))
+        cfg.data.block_samples, cfg.data.prefetch, cfg.data.read_threads))
 
 
 def _sampler(n: int, batch: int, rt: Runtime, seed: int, remainder: str) -> GlobalBatchSampler:

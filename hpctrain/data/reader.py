@@ -10,70 +10,194 @@ prefetcher's, so what was read ahead but not trained on is read again after a re
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hpctrain.data.format import DataError, Manifest, check_shard, read_manifest
+from hpctrain.data.format import DataError, FieldSpec, Manifest, check_shard, read_manifest
 from hpctrain.data.plan import EpochPlan, Remainder, block_ranges
 
 log = logging.getLogger(__name__)
 
 
-class ShardFiles:
-    """Open shard files of one dataset and contiguous reads of arbitrary sample ids from them."""
+SCATTER_MIN_BYTES = 4096  # fields with larger samples are read straight into their shuffled slots
+IOV_MAX = 1024  # buffers per preadv call (Linux limit)
 
-    def __init__(self, root: Path, manifest: Manifest, fields: list[str] | None = None) -> None:
+
+class _Shard:
+    """One open shard: h5py handles, plus the file offset of every chunk of each uncompressed field so that
+    reads can bypass HDF5 and go from the page cache straight into the destination (one copy, like a raw
+    read). Compressed fields, or files whose chunk index cannot be read, go through h5py."""
+
+    def __init__(self, path: Path, fields: list[FieldSpec]) -> None:
+        import h5py
+
+        self.path = path
+        try:
+            self.h5 = h5py.File(path, "r")
+            self.fd = os.open(path, os.O_RDONLY)
+        except (OSError, FileNotFoundError) as e:
+            raise DataError(f"{path}: cannot open shard ({e})") from None
+        self.chunk_offsets: dict[str, tuple[int, np.ndarray] | None] = {}
+        for f in fields:
+            self.chunk_offsets[f.name] = self._chunk_index(self.h5[f.name])
+
+    @staticmethod
+    def _chunk_index(d: Any) -> tuple[int, np.ndarray] | None:
+        if d.chunks is None or d.compression is not None or d.shape[0] == 0:
+            return None
+        rows = d.chunks[0]
+        n = -(-d.shape[0] // rows)
+        offsets = np.full(n, -1, dtype=np.int64)
+        try:
+            for k in range(d.id.get_num_chunks()):
+                info = d.id.get_chunk_info(k)
+                if info.filter_mask != 0:
+                    return None
+                offsets[info.chunk_offset[0] // rows] = info.byte_offset
+        except (AttributeError, RuntimeError, OSError):
+            return None
+        return (rows, offsets) if (offsets >= 0).all() else None
+
+    def read_run(self, f: FieldSpec, a: int, n: int, out: np.ndarray, dests: np.ndarray) -> None:
+        """Samples [a, a+n) of field ``f`` into ``out[dests]``."""
+        index = self.chunk_offsets[f.name]
+        if index is None:
+            tmp = np.empty((n, *f.shape), dtype=f.dtype)
+            self.h5[f.name].read_direct(tmp, np.s_[a:a + n])
+            out[dests] = tmp
+            return
+        rows, offsets = index
+        row = f.sample_bytes
+        contiguous = len(dests) < 2 or bool((np.diff(dests) == 1).all())  # unshuffled: one buffer per chunk
+        scatter = not contiguous and row >= SCATTER_MIN_BYTES
+        tmp = None if contiguous or scatter else np.empty((n, *f.shape), dtype=f.dtype)
+        flat = memoryview(out.reshape(len(out), -1).view(np.uint8)).cast("B") if scatter else None
+        done = 0
+        while done < n:
+            s = a + done
+            chunk, within = divmod(s, rows)
+            k = min(n - done, rows - within)  # samples of this run inside this chunk
+            offset = int(offsets[chunk]) + within * row
+            for c in range(0, k, IOV_MAX):
+                m = min(IOV_MAX, k - c)
+                lo = done + c
+                if contiguous:
+                    bufs = [out[int(dests[lo]):int(dests[lo]) + m]]
+                elif scatter:  # each sample straight into its shuffled slot
+                    bufs = [flat[d * row:(d + 1) * row] for d in dests[lo:lo + m].tolist()]  # type: ignore[index]
+                else:  # small samples: one read, then a cheap scatter in memory
+                    bufs = [tmp[lo:lo + m]]  # type: ignore[index]
+                got = os.preadv(self.fd, bufs, offset + c * row)
+                if got != m * row:
+                    raise OSError(f"short read: {got} of {m * row} bytes (file truncated?)")
+            done += k
+        if tmp is not None:
+            out[dests] = tmp
+
+    def will_need(self, f: FieldSpec, a: int, n: int) -> None:
+        """Ask the kernel to start reading samples [a, a+n) from disk now (cold caches, parallel file
+        systems): the next unit's I/O then overlaps this unit's copies."""
+        index = self.chunk_offsets[f.name]
+        if index is None or not hasattr(os, "posix_fadvise"):
+            return
+        rows, offsets = index
+        for chunk in range(a // rows, (a + n - 1) // rows + 1):
+            os.posix_fadvise(self.fd, int(offsets[chunk]), rows * f.sample_bytes, os.POSIX_FADV_WILLNEED)
+
+    def close(self) -> None:
+        self.h5.close()
+        os.close(self.fd)
+
+
+class ShardFiles:
+    """Open shard files of one dataset and reads of arbitrary sample ids from them."""
+
+    def __init__(self, root: Path, manifest: Manifest, fields: list[str] | None = None, threads: int = 1) -> None:
         self.root = root
         self.manifest = manifest
         self.fields = [manifest.field(n) for n in (fields or [f.name for f in manifest.fields])]
         sizes = np.array([s.samples for s in manifest.shards], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(sizes)])
-        self._files: dict[int, Any] = {}
+        self._shards: dict[int, _Shard] = {}
+        # preadv releases the GIL: with several threads the kernel copies run on several cores at once
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="hpctrain-read") if threads > 1 else None
+        self.threads = threads
 
-    def _dataset(self, shard: int, name: str) -> Any:
-        import h5py
+    def _shard(self, index: int) -> _Shard:
+        if index not in self._shards:
+            self._shards[index] = _Shard(self.root / self.manifest.shards[index].file, self.fields)
+        return self._shards[index]
 
-        if shard not in self._files:
-            path = self.root / self.manifest.shards[shard].file
-            try:
-                self._files[shard] = h5py.File(path, "r")
-            except (OSError, FileNotFoundError) as e:
-                raise DataError(f"{path}: cannot open shard ({e})") from None
-        return self._files[shard][name]
+    def empty(self, n: int) -> dict[str, np.ndarray]:
+        return {f.name: np.empty((n, *f.shape), dtype=f.dtype) for f in self.fields}
 
-    def read(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Samples ``ids`` (any order, repeats allowed) as {field: array}, in that order."""
+    def read(self, ids: np.ndarray, out: dict[str, np.ndarray] | None = None, at: int = 0) -> dict[str, np.ndarray]:
+        """Samples ``ids`` (any order, repeats allowed) into ``out[name][at:at+len(ids)]``, in that order.
+
+        The ids are sorted into runs of consecutive samples; each run is read once per field and lands
+        directly in its slots, so a shuffled window costs one copy."""
+        out = self.empty(len(ids)) if out is None else out
+        order, runs = self._runs(ids)
+        dests = order + at
+        for index in {r[0] for r in runs}:
+            self._shard(index)  # open files here, not concurrently in the workers
+
+        def work(part: list[tuple[int, int, int, int]]) -> None:
+            for index, a, i, j in part:
+                shard = self._shards[index]
+                for f in self.fields:
+                    try:
+                        shard.read_run(f, a, int(j - i), out[f.name], dests[i:j])
+                    except (OSError, KeyError) as e:
+                        raise DataError(f"{shard.path}: reading {f.name!r} samples {a}..{a + j - i} failed "
+                                        f"({e}); run `hpctrain data validate` on the dataset") from None
+
+        if self._pool is None or len(runs) < 2:
+            work(runs)
+        else:  # contiguous groups of runs with about the same number of samples each
+            cuts = np.searchsorted([r[2] for r in runs], np.linspace(0, len(ids), self.threads + 1)[1:-1])
+            edges = [0, *cuts.tolist(), len(runs)]
+            futures = [self._pool.submit(work, runs[a:b]) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+            for future in futures:
+                future.result()
+        return out
+
+    def _runs(self, ids: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+        """Sort ``ids`` into runs of consecutive samples of one shard: (shard, first local sample, i, j)
+        with sorted positions [i, j); ``order`` maps sorted positions back to positions in ``ids``."""
         order = np.argsort(ids, kind="stable")
+        if len(ids) == 0:
+            return order, []
         sorted_ids = ids[order]
         shard_of = np.searchsorted(self.starts, sorted_ids, side="right") - 1
         breaks = np.flatnonzero((np.diff(sorted_ids) != 1) | (np.diff(shard_of) != 0)) + 1
-        bounds = np.concatenate([[0], breaks, [len(ids)]])
-        out = {f.name: np.empty((len(ids), *f.shape), dtype=f.dtype) for f in self.fields}
-        for i, j in zip(bounds[:-1], bounds[1:], strict=True):
-            shard = int(shard_of[i])
-            a = int(sorted_ids[i] - self.starts[shard])
-            for f in self.fields:
-                try:
-                    self._dataset(shard, f.name).read_direct(out[f.name], np.s_[a:a + (j - i)], np.s_[i:j])
-                except (OSError, KeyError) as e:
-                    path = self.root / self.manifest.shards[shard].file
-                    raise DataError(f"{path}: reading {f.name!r} samples {a}..{a + j - i} failed ({e}); "
-                                    "run `hpctrain data validate` on the dataset") from None
-        for name, arr in out.items():  # back to the requested order
-            unsorted = np.empty_like(arr)
-            unsorted[order] = arr
-            out[name] = unsorted
-        return out
+        bounds = np.concatenate([[0], breaks, [len(ids)]]).tolist()
+        runs = [(int(shard_of[i]), int(sorted_ids[i] - self.starts[shard_of[i]]), i, j)
+                for i, j in zip(bounds[:-1], bounds[1:], strict=True)]
+        return order, runs
+
+    def will_need(self, ids: np.ndarray) -> None:
+        """Hint the kernel to fetch these samples ahead of ``read`` (best effort, never fails)."""
+        try:
+            for index, a, i, j in self._runs(ids)[1]:
+                for f in self.fields:
+                    self._shard(index).will_need(f, a, j - i)
+        except (OSError, DataError):
+            pass  # the read itself will report a real problem
 
     def close(self) -> None:
-        for f in self._files.values():
-            f.close()
-        self._files.clear()
+        if self._pool is not None:
+            self._pool.shutdown()
+        for shard in self._shards.values():
+            shard.close()
+        self._shards.clear()
 
 
 def open_dataset(root: str | Path, verify: str = "size") -> Manifest:
@@ -93,8 +217,9 @@ class ShardedReader:
     """This rank's training batches from a sharded dataset, epoch after epoch."""
 
     def __init__(self, root: str | Path, manifest: Manifest, rank: int, world: int, batch_size: int, seed: int,
-                 remainder: Remainder = "drop", window: int = 4096, block: int = 0, prefetch: int = 4) -> None:
-        self.files = ShardFiles(Path(root), manifest)
+                 remainder: Remainder = "drop", window: int = 4096, block: int = 0, prefetch: int = 4,
+                 threads: int = 2) -> None:
+        self.files = ShardFiles(Path(root), manifest, threads=threads)
         self.rank, self.world, self.batch_size, self.seed = rank, world, batch_size, seed
         self.remainder, self.window, self.prefetch = remainder, window, max(1, prefetch)
         self.block = block or manifest.chunk_samples
@@ -108,6 +233,8 @@ class ShardedReader:
         self._queue: queue.Queue = queue.Queue(maxsize=self.prefetch)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._ring: list[dict[str, np.ndarray]] | None = None
+        self._slot = 0
 
     # --- position -------------------------------------------------------------------------------------
     def plan(self) -> EpochPlan:
@@ -136,7 +263,10 @@ class ShardedReader:
 
     # --- batches --------------------------------------------------------------------------------------
     def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
-        """(inputs, targets) of this rank's next step."""
+        """(inputs, targets) of this rank's next step.
+
+        The arrays are views into a reused read buffer: they stay valid until ``prefetch`` + 1 further
+        batches have been taken. Copy them to keep them longer."""
         batch = self.next_fields()
         return batch[self.files.manifest.inputs], batch[self.files.manifest.targets]
 
@@ -180,22 +310,36 @@ class ShardedReader:
         return max(self.batch_size, self.block)
 
     def _batches(self, stream: np.ndarray, pos: int, end: int) -> Iterator[dict[str, np.ndarray]]:
-        """Batches of ``stream[pos:end]``, reading unit by unit from the unit that holds ``pos``."""
+        """Batches of ``stream[pos:end]``, reading unit by unit from the unit that holds ``pos``.
+
+        Each unit is read into the next buffer of a small ring, after the few samples left over from the
+        previous unit; batches are views into it, never copies. Reusing buffers matters: fresh 50 MB
+        allocations cost page faults and zeroing, as much as the read itself. A buffer is refilled only
+        after every batch cut from it has left the queue and the consumer has moved ``prefetch`` + 1
+        batches past it (the contract in ``next_batch``)."""
         unit = self._read_unit()
+        if self._ring is None:  # allocated once, reused across epochs
+            self._ring = [self.files.empty(unit + self.batch_size)
+                          for _ in range(2 + -(-(self.prefetch + 1) * self.batch_size // unit))]
+        ring = self._ring
         next_read = pos // unit * unit
         buf: dict[str, np.ndarray] | None = None
-        buf_pos = next_read  # stream position of the first sample in buf
+        buf_pos = buf_end = next_read  # stream positions held by buf
         while pos < end:
-            have = 0 if buf is None else len(next(iter(buf.values()))) - (pos - buf_pos)
-            if have < self.batch_size:
-                new = self.files.read(stream[next_read:next_read + unit])
-                if buf is not None:  # keep the unconsumed tail of the previous unit
-                    new = {k: np.concatenate([buf[k][pos - buf_pos:], v]) for k, v in new.items()}
-                    buf_pos = pos
-                buf = new
+            if buf_end - pos < self.batch_size:
+                keep = max(0, buf_end - pos)
+                ids = stream[next_read:next_read + unit]
+                new = ring[self._slot]  # the slot after the last one filled, also across epochs
+                self._slot = (self._slot + 1) % len(ring)
+                if buf is not None and keep:
+                    for k, v in new.items():
+                        v[:keep] = buf[k][pos - buf_pos:buf_end - buf_pos]
+                self.files.will_need(stream[next_read + unit:next_read + 2 * unit])
+                buf = self.files.read(ids, new, at=keep)
+                buf_pos, buf_end = (pos if keep else next_read), next_read + len(ids)
                 next_read += unit
                 continue
-            yield {k: v[pos - buf_pos:pos - buf_pos + self.batch_size] for k, v in buf.items()}
+            yield {k: v[pos - buf_pos:pos - buf_pos + self.batch_size] for k, v in buf.items()}  # type: ignore
             pos += self.batch_size
 
     def _start_prefetch(self) -> None:

@@ -5,7 +5,7 @@ import pytest
 
 from hpctrain.data.format import DataError
 from hpctrain.data.plan import EpochPlan, block_ranges, partition, window_shuffle
-from hpctrain.data.reader import ShardedReader, eval_ids, open_dataset
+from hpctrain.data.reader import ShardedReader, ShardFiles, eval_ids, open_dataset
 from hpctrain.data.stage import stage, staged_path
 from tests.data_helpers import ids_of, make_dataset
 
@@ -126,6 +126,24 @@ def test_plan_history_is_pure():
     a = EpochPlan(blocks, 1, 0, 16, "drop", [(2, 5, 3)])
     b = EpochPlan(blocks, 1, 0, 16, "drop", [(2, 5, 3)])
     assert np.array_equal(a.stream(0, 3, 4), b.stream(0, 3, 4)) and len(a.remaining) == 100 - 30
+
+
+def test_threaded_reads_equal_single_threaded_reads(tmp_path):
+    root, m = make_dataset(tmp_path, shape=(2048,))  # 8 KiB samples: the scatter path
+    ids = np.random.default_rng(0).permutation(300)[:200]
+    one = ShardFiles(root, m, threads=1).read(ids)
+    three = ShardFiles(root, m, threads=3).read(ids)
+    assert ids_of(one["x"]) == ids.tolist()
+    for k in one:
+        np.testing.assert_array_equal(one[k], three[k])
+
+
+def test_compressed_shards_read_through_hdf5(tmp_path):
+    root, m = make_dataset(tmp_path, compression="gzip")
+    files = ShardFiles(root, m, threads=2)
+    assert files._shard(0).chunk_offsets["x"] is None  # no raw fast path for compressed chunks
+    ids = np.array([5, 299, 17, 150])
+    assert ids_of(files.read(ids)["x"]) == ids.tolist()
 
 
 def test_eval_split_counts_every_sample_once():
