@@ -30,6 +30,13 @@ SCATTER_MIN_BYTES = 4096  # fields with larger samples are read straight into th
 IOV_MAX = 1024  # buffers per preadv call (Linux limit)
 
 
+def row_views(arr: np.ndarray) -> list[memoryview]:
+    """One writable byte view per sample of ``arr``: the iovecs of a scatter read."""
+    flat = memoryview(arr.reshape(len(arr), -1).view(np.uint8)).cast("B")
+    row = flat.nbytes // max(1, len(arr))
+    return [flat[i * row:(i + 1) * row] for i in range(len(arr))]
+
+
 class _Shard:
     """One open shard: h5py handles, plus the file offset of every chunk of each uncompressed field so that
     reads can bypass HDF5 and go from the page cache straight into the destination (one copy, like a raw
@@ -65,8 +72,9 @@ class _Shard:
             return None
         return (rows, offsets) if (offsets >= 0).all() else None
 
-    def read_run(self, f: FieldSpec, a: int, n: int, out: np.ndarray, dests: np.ndarray) -> None:
-        """Samples [a, a+n) of field ``f`` into ``out[dests]``."""
+    def read_run(self, f: FieldSpec, a: int, n: int, out: np.ndarray, dests: np.ndarray,
+                 views: list[memoryview] | None = None) -> None:
+        """Samples [a, a+n) of field ``f`` into ``out[dests]`` (``views``: ``row_views(out)``, if at hand)."""
         index = self.chunk_offsets[f.name]
         if index is None:
             tmp = np.empty((n, *f.shape), dtype=f.dtype)
@@ -78,7 +86,8 @@ class _Shard:
         contiguous = len(dests) < 2 or bool((np.diff(dests) == 1).all())  # unshuffled: one buffer per chunk
         scatter = not contiguous and row >= SCATTER_MIN_BYTES
         tmp = None if contiguous or scatter else np.empty((n, *f.shape), dtype=f.dtype)
-        flat = memoryview(out.reshape(len(out), -1).view(np.uint8)).cast("B") if scatter else None
+        if scatter and views is None:
+            views = row_views(out)
         done = 0
         while done < n:
             s = a + done
@@ -91,7 +100,7 @@ class _Shard:
                 if contiguous:
                     bufs = [out[int(dests[lo]):int(dests[lo]) + m]]
                 elif scatter:  # each sample straight into its shuffled slot
-                    bufs = [flat[d * row:(d + 1) * row] for d in dests[lo:lo + m].tolist()]  # type: ignore[index]
+                    bufs = [views[d] for d in dests[lo:lo + m].tolist()]  # type: ignore[index]
                 else:  # small samples: one read, then a cheap scatter in memory
                     bufs = [tmp[lo:lo + m]]  # type: ignore[index]
                 got = os.preadv(self.fd, bufs, offset + c * row)
@@ -138,7 +147,8 @@ class ShardFiles:
     def empty(self, n: int) -> dict[str, np.ndarray]:
         return {f.name: np.empty((n, *f.shape), dtype=f.dtype) for f in self.fields}
 
-    def read(self, ids: np.ndarray, out: dict[str, np.ndarray] | None = None, at: int = 0) -> dict[str, np.ndarray]:
+    def read(self, ids: np.ndarray, out: dict[str, np.ndarray] | None = None, at: int = 0,
+             views: dict[str, list[memoryview]] | None = None) -> dict[str, np.ndarray]:
         """Samples ``ids`` (any order, repeats allowed) into ``out[name][at:at+len(ids)]``, in that order.
 
         The ids are sorted into runs of consecutive samples; each run is read once per field and lands
@@ -154,7 +164,7 @@ class ShardFiles:
                 shard = self._shards[index]
                 for f in self.fields:
                     try:
-                        shard.read_run(f, a, int(j - i), out[f.name], dests[i:j])
+                        shard.read_run(f, a, int(j - i), out[f.name], dests[i:j], views and views.get(f.name))
                     except (OSError, KeyError) as e:
                         raise DataError(f"{shard.path}: reading {f.name!r} samples {a}..{a + j - i} failed "
                                         f"({e}); run `hpctrain data validate` on the dataset") from None
@@ -234,6 +244,7 @@ class ShardedReader:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ring: list[dict[str, np.ndarray]] | None = None
+        self._ring_views: list[dict[str, list[memoryview]]] = []
         self._slot = 0
 
     # --- position -------------------------------------------------------------------------------------
@@ -318,9 +329,11 @@ class ShardedReader:
         after every batch cut from it has left the queue and the consumer has moved ``prefetch`` + 1
         batches past it (the contract in ``next_batch``)."""
         unit = self._read_unit()
-        if self._ring is None:  # allocated once, reused across epochs
+        if self._ring is None:  # allocated once, reused across epochs, with their scatter iovecs
             self._ring = [self.files.empty(unit + self.batch_size)
                           for _ in range(2 + -(-(self.prefetch + 1) * self.batch_size // unit))]
+            self._ring_views = [{k: row_views(v) for k, v in slot.items()
+                                if v[0].nbytes >= SCATTER_MIN_BYTES} for slot in self._ring]
         ring = self._ring
         next_read = pos // unit * unit
         buf: dict[str, np.ndarray] | None = None
@@ -329,13 +342,13 @@ class ShardedReader:
             if buf_end - pos < self.batch_size:
                 keep = max(0, buf_end - pos)
                 ids = stream[next_read:next_read + unit]
-                new = ring[self._slot]  # the slot after the last one filled, also across epochs
+                new, views = ring[self._slot], self._ring_views[self._slot]  # the slot after the last filled
                 self._slot = (self._slot + 1) % len(ring)
                 if buf is not None and keep:
                     for k, v in new.items():
                         v[:keep] = buf[k][pos - buf_pos:buf_end - buf_pos]
                 self.files.will_need(stream[next_read + unit:next_read + 2 * unit])
-                buf = self.files.read(ids, new, at=keep)
+                buf = self.files.read(ids, new, at=keep, views=views)
                 buf_pos, buf_end = (pos if keep else next_read), next_read + len(ids)
                 next_read += unit
                 continue
