@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model (run it under mpirun, horovodrun or srun for many ranks)")
     t.add_argument("--config", help="TOML config file (defaults apply to missing keys)")
+    t.add_argument("--resume", help="auto (default: newest good checkpoint), never, or a checkpoint path; "
+                                    "same as checkpoint.resume=...")
     t.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
 
     c = sub.add_parser("config", help="print the resolved config, or every key with its help")
@@ -103,13 +105,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg = config_mod.load(args.config, args.overrides)  # all validation before any rank communicates
+    overrides = [*args.overrides, *([f"checkpoint.resume={json.dumps(args.resume)}"] if args.resume else [])]
+    cfg = config_mod.load(args.config, overrides)  # all validation before any rank communicates
     from hpctrain import runtime, train
 
-    rt = runtime.init(cfg.comm)
+    rt = runtime.init(cfg.comm, watchdog_s=cfg.fault.watchdog_s)
     runtime.setup_logging(rt.rank, rt.size, cfg.run.log_all_ranks)
-    train.run(cfg, rt)
-    return EXIT_OK
+    summary = train.run(cfg, rt)
+    return EXIT_REQUEUE if summary.get("preempted") else EXIT_OK
 
 
 def cmd_config(args: argparse.Namespace) -> int:

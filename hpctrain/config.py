@@ -156,10 +156,34 @@ class CommConfig:
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = _f(0, "write a checkpoint every N steps (0 = never)")
+    every_steps: int = _f(0, "write a checkpoint every N steps (0 = not by steps)")
+    every_minutes: float = _f(0.0, "write a checkpoint every T minutes of training (0 = not by time)")
+    at_end: bool = _f(True, "write a checkpoint when training finishes")
+    keep: int = _f(3, "complete checkpoints to keep (older ones are deleted after a newer one is on disk)")
+    dir: str = _f("", "checkpoint directory (empty = <run.dir>/checkpoints)")
+    async_write: bool = _f(
+        False, "copy state to host memory at the step boundary and write it from a background thread")
+    on_error: Literal["stop", "continue"] = _f(
+        "stop", "when a checkpoint cannot be written (disk full...): stop the job (exit 2) or train on without it")
+    resume: str = _f("auto", "auto = newest good checkpoint if any, never, or a checkpoint directory path")
 
     def __post_init__(self) -> None:
         _check(self.every_steps >= 0, "checkpoint.every_steps", "must be >= 0")
+        _check(self.every_minutes >= 0, "checkpoint.every_minutes", "must be >= 0")
+        _check(self.keep >= 1, "checkpoint.keep", "must be >= 1")
+        _check(self.resume != "", "checkpoint.resume", "must be auto, never or a path")
+
+
+@dataclass
+class FaultConfig:
+    watchdog_s: float = _f(
+        600.0, "end the job when a rank completes no step for this many seconds (0 = no watchdog)")
+    signal_check_every: int = _f(
+        1, "agree on SIGUSR1/SIGTERM and time-based checkpoints every N steps (one tiny all-reduce)")
+
+    def __post_init__(self) -> None:
+        _check(self.watchdog_s >= 0, "fault.watchdog_s", "must be >= 0")
+        _check(self.signal_check_every >= 1, "fault.signal_check_every", "must be >= 1")
 
 
 @dataclass
@@ -172,6 +196,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     comm: CommConfig = field(default_factory=CommConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    fault: FaultConfig = field(default_factory=FaultConfig)
 
 
 def _check(ok: bool, key: str, what: str) -> None:

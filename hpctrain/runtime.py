@@ -139,13 +139,17 @@ class Runtime:
         return self.rank == 0
 
 
-def _horovod_env(comm: CommConfig, env: dict[str, str]) -> None:
+def _horovod_env(comm: CommConfig, env: dict[str, str], watchdog_s: float) -> None:
     """Horovod reads its tuning knobs from the environment once, at hvd.init()."""
     env["HOROVOD_FUSION_THRESHOLD"] = str(int(comm.fusion_threshold_mb * 1024 * 1024))
     env["HOROVOD_CYCLE_TIME"] = str(comm.cycle_time_ms)
+    if watchdog_s > 0:
+        # Horovod's coordinator then logs which ranks have not joined a stalled all-reduce before the
+        # watchdog (hpctrain.checkpoint.Watchdog) ends the job.
+        env.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", str(max(1, int(watchdog_s / 2))))
 
 
-def init(comm: CommConfig, env: dict[str, str] | None = None) -> Runtime:
+def init(comm: CommConfig, env: dict[str, str] | None = None, watchdog_s: float = 0.0) -> Runtime:
     """Initialise MPI/Horovod once, pin the device and CPU threads; call before building anything."""
     env = os.environ if env is None else env  # type: ignore[assignment]
     info = detect_launcher(env)
@@ -157,7 +161,7 @@ def init(comm: CommConfig, env: dict[str, str] | None = None) -> Runtime:
         # dist: OpenMPI busy-polls while waiting; on CPU runs that steals the cores the model computes
         # on (0.7x DDP throughput on 2 ranks / 2 cores without this). Read by MPI_Init, so set it here.
         env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
-    _horovod_env(comm, env)
+    _horovod_env(comm, env, watchdog_s)
 
     import horovod.torch as hvd
 
@@ -244,7 +248,8 @@ def agree(fn: Callable[[], T]) -> T:
         result = fn()
     except UserError as e:
         error = str(e)
-    errors = hvd.allgather_object(error)  # dist
+    errors = hvd.allgather_object(error, name="hpctrain.agree")  # dist: named, or ranks with
+    # and without an error (str vs NoneType, Horovod's default name) would wait in different collectives
     first = next((e for e in errors if e is not None), None)
     if first is not None:
         raise UserError(first, agreed=True)
@@ -285,7 +290,7 @@ def info_report(comm: CommConfig) -> str | None:
     rt = init(comm)
     row = (f"rank {rt.rank}/{rt.size}  local {rt.local_rank}/{rt.local_size}  host {socket.gethostname()}  "
            f"pid {os.getpid()}  device {rt.device}  threads {rt.threads}")
-    rows = hvd.allgather_object(row)  # dist
+    rows = hvd.allgather_object(row, name="hpctrain.info")  # dist
     if not rt.is_root:
         return None
     mpi_lib = "n/a (Gloo controller)"

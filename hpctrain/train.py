@@ -4,6 +4,8 @@ metrics; the policy of each stays in its own module."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +17,10 @@ import numpy as np
 import torch
 
 import hpctrain
+from hpctrain import checkpoint, models, optim, runtime
 from hpctrain import config as config_mod
-from hpctrain import models, optim, runtime
-from hpctrain.config import Config, ConfigError, DataConfig
+from hpctrain.checkpoint import Checkpointer, CheckpointError, StopFlag, Watchdog, capture_rng, restore_rng
+from hpctrain.config import Config, ConfigError, DataConfig, UserError
 from hpctrain.data import synthetic
 from hpctrain.data.format import Manifest
 from hpctrain.data.memory import InMemorySource
@@ -120,9 +123,6 @@ class Trainer:
         self.cfg = cfg
         self.rt = rt
         self.run_dir = Path(cfg.run.dir)
-        if rt.is_root:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.toml").write_text(config_mod.to_toml(cfg))
         train_path, val_path = resolve_paths(cfg.data, rt)
         self.data = build_train_source(cfg, rt, train_path)
         has_val = cfg.data.val_samples > 0 if cfg.data.source == "synthetic" else bool(val_path)
@@ -130,12 +130,76 @@ class Trainer:
         seed_everything(cfg.train.seed)  # same initial weights on every rank, before the broadcast
         self.model = models.build(cfg.model).to(rt.device)
         self.optimizer = optim.build(self.model, cfg.optim, cfg.comm)
-        optim.broadcast_state(self.model, self.optimizer)
         seed_everything(rank_seed(cfg.train.seed, rt.rank))  # dist: per-rank randomness from here on
         self.step = 0
+        self.first_loss: float | None = None
+        ckpt_root = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else self.run_dir / "checkpoints"
+        self.checkpointer = Checkpointer(cfg.checkpoint, ckpt_root, rt.is_root)
+        self.resumed_from = self.resume(select_resume(cfg.checkpoint.resume, ckpt_root, rt))
+        optim.broadcast_state(self.model, self.optimizer)  # dist: every rank starts from rank 0's state
+        if rt.is_root:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.toml").write_text(config_mod.to_toml(cfg))
         hvd.barrier()  # dist: rank 0 has created run_dir before any rank opens files in it
         self.metrics = Metrics(cfg.run, rt, self.run_dir, cfg.train.steps, cfg.train.batch_size,
                                cfg.train.warmup_steps)
+        if self.first_loss is not None:
+            self.metrics.first_loss = self.first_loss
+        self.stop_flag = StopFlag()
+        self.watchdog = Watchdog(cfg.fault, rt.rank, end_job)
+
+    # --- checkpoint state -------------------------------------------------------------------------------
+    def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(tensors, JSON state) of a checkpoint; a collective (every rank's RNG state is gathered)."""
+        rngs = hvd.allgather_object(capture_rng(), name="hpctrain.rng")  # dist
+        tensors = {"model.pt": self.model.state_dict(), "optimizer.pt": self.optimizer.state_dict(),
+                   "extra.pt": {"rng": rngs, "lr_scheduler": {}, "loss_scaler": {}}}
+        state = {"step": self.step, "world_size": self.rt.size, "batch_size": self.cfg.train.batch_size,
+                 "data": self.data.state_dict(), "first_loss": self.metrics.first_loss,
+                 "config": config_mod.to_dict(self.cfg),
+                 "versions": {"hpctrain": hpctrain.__version__, "torch": torch.__version__,
+                              "horovod": horovod.__version__}}
+        return tensors, state
+
+    def resume(self, path: Path | None) -> Path | None:
+        """Load a checkpoint chosen by rank 0 (the same on every rank); None when starting fresh."""
+        if path is None:
+            return None
+        tensors, state = checkpoint.load(path)
+        try:
+            self.model.load_state_dict(tensors["model.pt"])
+            self.optimizer.load_state_dict(tensors["optimizer.pt"])
+            self.data.load_state_dict(state["data"])
+        except (RuntimeError, ValueError, KeyError, UserError) as e:
+            raise CheckpointError(f"{path}: does not fit this run ({e}); resume with the config it was "
+                                  "written with, or start fresh with --resume never", agreed=True) from None
+        rngs = tensors["extra.pt"]["rng"]
+        if state["world_size"] == self.rt.size:
+            restore_rng(rngs[self.rt.rank])
+        else:  # a new rank layout: fresh per-rank streams, still a function of (seed, rank, step)
+            seed_everything(rank_seed(self.cfg.train.seed + state["step"], self.rt.rank))
+        self.step = int(state["step"])
+        self.first_loss = state.get("first_loss")
+        if self.rt.is_root:
+            log.info("resumed from %s (step %d, written by %d rank(s))", path, self.step, state["world_size"])
+        return path
+
+    def save_checkpoint(self, sync: bool = False) -> None:
+        """Collective: every rank contributes its RNG state; rank 0 writes; all agree on the outcome."""
+        self.watchdog.enter("checkpoint")
+        tensors, state = self.state_dict()
+        error = self.checkpointer.save(self.step, tensors, state, sync=sync)
+        self._check_checkpoint_error(error)
+
+    def _check_checkpoint_error(self, error: str | None) -> None:
+        error = hvd.broadcast_object(error, root_rank=0, name="hpctrain.ckpt_status")  # dist: named,
+        # as every object collective here: the default name is the type, which differs between ranks
+        if error is None:
+            return
+        if self.cfg.checkpoint.on_error == "stop":
+            raise CheckpointError(error, agreed=True)
+        if self.rt.is_root:
+            log.warning("%s (checkpoint.on_error=continue: training goes on without this checkpoint)", error)
 
     def train_step(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad()
@@ -148,18 +212,43 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         self.metrics.start(self.step)
+        self.stop_flag.install()
+        self.watchdog.start()
         while self.step < cfg.train.steps:
+            self.watchdog.enter("data")
             inputs, target = self.data.next_batch()
+            self.watchdog.enter("forward/backward")
             loss = self.train_step(torch.from_numpy(inputs).to(self.rt.device),
                                    torch.from_numpy(target).to(self.rt.device))
             self.step += 1
+            self.watchdog.beat(self.step, "collective")
             self.metrics.step_done(self.step, loss, self.optimizer.param_groups[0]["lr"])
             if self.val is not None and cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 \
                     and self.step != cfg.train.steps:
                 t0 = time.perf_counter()
                 result = self.evaluate()
                 self.metrics.record_eval(self.step, result, time.perf_counter() - t0)
+            stop_signal, timed = self.agree_on_flags()
+            stop = stop_signal > 0
+            if stop or timed or self.checkpointer.due(self.step):
+                self.save_checkpoint(sync=stop)
+            if stop:
+                if self.rt.is_root:
+                    log.warning("stopping on request (%s on at least one rank) after step %d: checkpoint written, "
+                                "exit code 75 asks for a requeue", signal.Signals(stop_signal).name, self.step)
+                return {"preempted": True, "steps": self.step}
+        if cfg.checkpoint.at_end:
+            self.save_checkpoint(sync=True)
         return self.finish()
+
+    def agree_on_flags(self) -> tuple[int, bool]:
+        """Every ``fault.signal_check_every`` steps, one tiny all-reduce: the stop signal any rank got (0 for
+        none), and whether a time-based checkpoint is due on any rank. Decided together, never by one rank."""
+        if self.step % self.cfg.fault.signal_check_every:
+            return 0, False
+        flags = torch.tensor([self.stop_flag.signum or 0, self.checkpointer.time_due()], dtype=torch.int32)
+        flags = hvd.allreduce(flags, op=hvd.Max, name="hpctrain.flags")  # dist
+        return int(flags[0]), bool(flags[1])
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -200,6 +289,11 @@ class Trainer:
         if self.val is not None:
             extra.update(self.evaluate())
             self.metrics.record_eval(self.step, extra)
+        extra["resumed_from"] = str(self.resumed_from) if self.resumed_from else None
+        extra["checkpoints"] = {"written": self.checkpointer.stats.count,
+                                "stall_s": self.checkpointer.stats.stall_s,
+                                "write_s": self.checkpointer.stats.write_s,
+                                "async": self.cfg.checkpoint.async_write}
         summary = self.metrics.summary(extra)
         if self.rt.is_root:
             tmp = self.run_dir / ".model.pt.tmp"
@@ -208,6 +302,11 @@ class Trainer:
         return summary
 
     def close(self) -> None:
+        self.watchdog.stop()
+        self.stop_flag.uninstall()
+        error = self.checkpointer.wait()  # an async write in flight finishes before the process ends
+        if error and self.rt.is_root:
+            log.error("%s", error)
         self.metrics.close()
         self.data.close()
         if self.val is not None:
@@ -233,12 +332,42 @@ def describe_summary(summary: dict[str, Any], run_dir: Path) -> str:
             f"  params_sha256 {summary['params_sha256']}")
 
 
+def end_job() -> None:
+    """From the watchdog thread: take every rank of the job down now (exit code 1)."""
+    runtime.abort_world(1)
+    os._exit(1)  # no MPI world (one process, or the Gloo controller: horovodrun then ends the others)
+
+
+def select_resume(resume: str, root: Path, rt: Runtime) -> Path | None:
+    """Rank 0 picks the checkpoint (newest that verifies, saying why newer ones were passed over) and
+    broadcasts the choice; a collective."""
+    choice: tuple[str | None, str | None] = (None, None)  # (path, error)
+    if rt.is_root and resume != "never":
+        if resume == "auto":
+            path, skipped = checkpoint.latest_good(root)
+            for reason in skipped:
+                log.warning("not resuming from %s", reason)
+            choice = (str(path) if path else None, None)
+        else:
+            path = Path(resume)
+            if path.is_dir() and not (path / checkpoint.MANIFEST).exists() and checkpoint.candidates(path):
+                path, skipped = checkpoint.latest_good(path)  # a checkpoints directory: its newest good one
+                for reason in skipped:
+                    log.warning("not resuming from %s", reason)
+            reason = "no good checkpoint in it" if path is None else checkpoint.verify(path)
+            choice = (str(path), None) if reason is None else (None, f"--resume {resume}: {reason}")
+    path, error = hvd.broadcast_object(choice, root_rank=0, name="hpctrain.resume")  # dist
+    if error is not None:
+        raise CheckpointError(error, agreed=True)
+    return Path(path) if path else None
+
+
 def run(cfg: Config, rt: Runtime) -> dict[str, Any]:
     trainer = Trainer(cfg, rt)
     try:
         summary = trainer.train()
     finally:
         trainer.close()
-    if rt.is_root:
+    if rt.is_root and not summary.get("preempted"):
         log.info("done\n%s", describe_summary(summary, trainer.run_dir))
     return summary

@@ -1,0 +1,344 @@
+"""Atomic, verified checkpoints; choosing the one to resume from; the stop flag set by signals; the watchdog.
+
+A checkpoint is a directory ``<dir>/step-00001000/`` holding ``model.pt``, ``optimizer.pt``, ``extra.pt``
+(RNG states of every rank, LR schedule, loss scaler) and ``train_state.json`` (step, data position, world
+size, config, versions), plus ``MANIFEST.json`` with the SHA-256 of every file, written last. Rank 0 writes
+it under a temporary name, fsyncs every file and the directory, and renames it into place: a directory
+named ``step-*`` with a matching manifest is complete, anything else is ignored. Loading never runs code
+from the file (``torch.load(weights_only=True)`` and JSON).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hpctrain.config import CheckpointConfig, FaultConfig, UserError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "MANIFEST.json"
+STEP_DIR = re.compile(r"^step-(\d{8})$")
+TENSOR_FILES = ("model.pt", "optimizer.pt", "extra.pt")
+STATE_FILE = "train_state.json"
+
+
+class CheckpointError(UserError):
+    """A checkpoint cannot be written or read; the message says where and why."""
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:08d}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes) -> str:
+    """Write, flush and fsync; the digest is of the bytes meant, so a later corruption shows."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return hashlib.sha256(data).hexdigest()
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    # serialised in memory and written by Python: a full disk then raises ENOSPC, where torch.save to a
+    # file reports only "unexpected pos"
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def write(root: Path, step: int, tensors: dict[str, Any], state: dict[str, Any]) -> Path:
+    """Write a complete checkpoint for ``step`` atomically; an existing complete one is kept as it is."""
+    final = step_dir(root, step)
+    if final.exists() and verify(final) is None:
+        return final  # the same step's state, already safely on disk (e.g. at the end right after a save)
+    tmp = root / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        digests = {}
+        for name in TENSOR_FILES:
+            digests[name] = _write_file(tmp / name, _torch_bytes(tensors[name]))
+        digests[STATE_FILE] = _write_file(tmp / STATE_FILE, json.dumps(state, indent=1, sort_keys=True).encode())
+        manifest = {"step": step, "files": digests, "written_at": time.time()}
+        _write_file(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+        _fsync_dir(tmp)
+        if final.exists():  # an incomplete leftover of a crashed writer: nothing worth keeping
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"{final}: writing the checkpoint failed ({e.strerror or e}); "
+                              "the previous checkpoint is intact. Free space or fix permissions") from None
+    return final
+
+
+def verify(path: Path) -> str | None:
+    """None if ``path`` is a complete checkpoint whose files match their SHA-256, else the reason."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        files = manifest["files"]
+    except FileNotFoundError:
+        return "no MANIFEST.json (incomplete: the writer did not finish)"
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        return f"unreadable MANIFEST.json ({e})"
+    for name in (*TENSOR_FILES, STATE_FILE):
+        if name not in files:
+            return f"{name} missing from the manifest"
+        f = path / name
+        if not f.exists():
+            return f"{name} is missing"
+        if _sha256(f) != files[name]:
+            return f"{name} does not match its SHA-256 (truncated or modified)"
+    return None
+
+
+def candidates(root: Path) -> list[Path]:
+    """Checkpoint directories under ``root``, newest step first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
+    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)), reverse=True)  # type: ignore
+
+
+def latest_good(root: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that verifies, and why each newer one was passed over."""
+    skipped = []
+    for path in candidates(root):
+        reason = verify(path)
+        if reason is None:
+            return path, skipped
+        skipped.append(f"{path}: {reason}")
+    return None, skipped
+
+
+def load(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Tensors and train state of a verified checkpoint; never unpickles arbitrary objects."""
+    try:
+        tensors = {name: torch.load(path / name, map_location="cpu", weights_only=True) for name in TENSOR_FILES}
+        state = json.loads((path / STATE_FILE).read_text())
+    except (OSError, RuntimeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot load checkpoint ({e})") from None
+    return tensors, state
+
+
+def prune(root: Path, keep: int) -> None:
+    """Keep the newest ``keep`` complete checkpoints; remove older ones and stale temporaries."""
+    complete = [p for p in candidates(root) if (p / MANIFEST).exists()]
+    for old in complete[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    for tmp in root.glob(".step-*.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def snapshot(obj: Any) -> Any:
+    """A host-memory copy of nested state (tensors cloned to CPU), safe to write while training goes on."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
+@dataclass
+class WriteStats:
+    count: int = 0
+    stall_s: float = 0.0  # time the training loop waited for checkpoints (snapshot, or the whole write)
+    write_s: float = 0.0  # time spent writing, in the loop or in the background
+    errors: list[str] = field(default_factory=list)
+
+
+class Checkpointer:
+    """Writes checkpoints on rank 0, synchronously or from a background thread (one at a time)."""
+
+    def __init__(self, cfg: CheckpointConfig, root: Path, is_root: bool) -> None:
+        self.cfg = cfg
+        self.root = root
+        self.is_root = is_root
+        self.stats = WriteStats()
+        self._thread: threading.Thread | None = None
+        self._error: str | None = None
+        self._last_time = time.monotonic()
+
+    def due(self, step: int) -> bool:
+        """Step-based trigger (the same on every rank)."""
+        return bool(self.cfg.every_steps) and step % self.cfg.every_steps == 0
+
+    def time_due(self) -> bool:
+        """Time-based trigger as this rank sees it; the ranks agree on it before acting (see StopFlag)."""
+        return bool(self.cfg.every_minutes) and time.monotonic() - self._last_time >= 60 * self.cfg.every_minutes
+
+    def save(self, step: int, tensors: dict[str, Any], state: dict[str, Any], sync: bool = False) -> str | None:
+        """Start (async) or do (sync) a checkpoint of ``step`` on rank 0. Returns the error of this or the
+        previous write, if any (rank 0 only)."""
+        self._last_time = time.monotonic()
+        if not self.is_root:
+            return None
+        t0 = time.perf_counter()
+        error = self.wait()  # dist: never two checkpoints in flight; the older one is on disk first
+        if self.cfg.async_write and not sync:
+            tensors = snapshot(tensors)
+            self._thread = threading.Thread(target=self._write, args=(step, tensors, state), daemon=True,
+                                            name="hpctrain-checkpoint")
+            self._thread.start()
+        else:
+            self._write(step, tensors, state)
+            error = error or self._take_error()
+        self.stats.stall_s += time.perf_counter() - t0
+        return error
+
+    def _write(self, step: int, tensors: dict[str, Any], state: dict[str, Any]) -> None:
+        t0 = time.perf_counter()
+        try:
+            path = write(self.root, step, tensors, state)
+            prune(self.root, self.cfg.keep)
+            self.stats.count += 1
+            log.info("checkpoint %s written (%.2f s)", path, time.perf_counter() - t0)
+        except CheckpointError as e:
+            self._error = str(e)
+            self.stats.errors.append(str(e))
+        self.stats.write_s += time.perf_counter() - t0
+
+    def _take_error(self) -> str | None:
+        error, self._error = self._error, None
+        return error
+
+    def wait(self) -> str | None:
+        """Block until the background write (if any) is on disk; its error, if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        return self._take_error()
+
+
+def capture_rng() -> dict[str, Any]:
+    """This rank's RNG states (torch, numpy, python) as tensors and plain lists (weights_only-loadable)."""
+    import random
+
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
+            "numpy_rest": [kind, int(pos), int(has_gauss), float(cached)],
+            "python": [version, list(internal), gauss]}
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    kind, pos, has_gauss, cached = state["numpy_rest"]
+    np.random.set_state((kind, state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+class StopFlag:
+    """Set by SIGUSR1/SIGTERM (Slurm's --signal and pre-emption); only sets a flag, the ranks act on it
+    together at a step boundary."""
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+class Watchdog:
+    """Ends the job when this rank completes no step for ``timeout_s`` seconds (a hung or dead peer leaves
+    the others blocked in an all-reduce forever, burning the allocation). Says which phase this rank is
+    stuck in: ranks stuck in the all-reduce are waiting for one that is not."""
+
+    def __init__(self, cfg: FaultConfig, rank: int, abort: Any) -> None:
+        self.timeout = cfg.watchdog_s
+        self.rank = rank
+        self.abort = abort
+        self.phase = "start-up"
+        self.step = 0
+        self._beat = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.timeout > 0:
+            self._beat = time.monotonic()
+            self._thread = threading.Thread(target=self._run, daemon=True, name="hpctrain-watchdog")
+            self._thread.start()
+
+    def beat(self, step: int, phase: str) -> None:
+        self.step, self.phase, self._beat = step, phase, time.monotonic()
+
+    def enter(self, phase: str) -> None:
+        self.phase = phase
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(1.0, self.timeout / 4)):
+            idle = time.monotonic() - self._beat
+            if idle >= self.timeout:
+                waiting = "waiting for another rank" if self.phase in ("all-reduce", "collective") else \
+                    "this rank itself is stuck"
+                print(f"hpctrain: error (rank {self.rank}): watchdog: no step completed for {idle:.0f} s "
+                      f"(fault.watchdog_s={self.timeout:g}) after step {self.step}, stuck in {self.phase} "
+                      f"({waiting}); ending the job", file=sys.stderr, flush=True)
+                self.abort()
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None

@@ -1,0 +1,174 @@
+"""Kill-and-resume on real ranks: signals, SIGKILL, damaged checkpoints, a hung rank, a full disk, and a
+change of world size. Bit-identical means equal `params_sha256` (SHA-256 of every parameter's bytes)."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+import torch
+
+from hpctrain import checkpoint
+from tests.data_helpers import SmallDisk
+from tests.launch import HPCTRAIN, REPO, env, mpirun, run, summary
+
+STEPS = 1500
+RUN = ["model.name=mlp", "model.width=64", "data.samples=4096", "train.batch_size=16", "run.log_every=10",
+       f"train.steps={STEPS}"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """params_sha256 of the uninterrupted 2-rank run."""
+    d = tmp_path_factory.mktemp("reference")
+    run(mpirun(2, HPCTRAIN, "train", *RUN, f"run.dir={d}", "checkpoint.at_end=false"))
+    return summary(d)["params_sha256"]
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(mpirun(2, HPCTRAIN, "train", *args), cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def rank_pid(proc: subprocess.Popen, rank: int) -> int:
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            if child.environ().get("OMPI_COMM_WORLD_RANK") == str(rank) and "hpctrain" in " ".join(child.cmdline()):
+                return child.pid
+        except psutil.Error:
+            continue
+    raise AssertionError(f"rank {rank} of {proc.args} not found")
+
+
+def wait_for(predicate, timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def logged_step(run_dir) -> int:
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        return max((json.loads(ln).get("step", 0) for ln in lines if ln.endswith("}")), default=0)
+    except FileNotFoundError:
+        return 0
+
+
+def test_signal_checkpoints_exits_75_and_resumes_bit_identical(tmp_path, reference):
+    proc = start(*RUN, f"run.dir={tmp_path}")
+    wait_for(lambda: logged_step(tmp_path) >= 300, what="step 300")
+    os.kill(rank_pid(proc, 1), signal.SIGUSR1)  # only one rank gets it: the ranks must agree
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err[-3000:]
+    saved = checkpoint.candidates(tmp_path / "checkpoints")
+    assert len(saved) == 1 and checkpoint.verify(saved[0]) is None
+    stopped_at = int(saved[0].name.split("-")[1])
+    assert 300 <= stopped_at < STEPS and not (tmp_path / "summary.json").exists()
+    run(mpirun(2, HPCTRAIN, "train", *RUN, f"run.dir={tmp_path}"))
+    s = summary(tmp_path)
+    assert s["resumed_from"] == str(saved[0]) and s["steps"] == STEPS
+    assert s["params_sha256"] == reference
+
+
+def test_sigkill_of_one_rank_ends_the_job_and_resume_is_bit_identical(tmp_path, reference):
+    proc = start(*RUN, f"run.dir={tmp_path}", "checkpoint.every_steps=100")
+    wait_for(lambda: logged_step(tmp_path) >= 450, what="step 450")
+    killed = time.monotonic()
+    os.kill(rank_pid(proc, 1), signal.SIGKILL)
+    proc.communicate(timeout=60)
+    exit_after = time.monotonic() - killed
+    assert proc.returncode != 0 and exit_after < 10, exit_after
+    print(f"job ended {exit_after:.2f} s after SIGKILL of rank 1")
+    run(mpirun(2, HPCTRAIN, "train", *RUN, f"run.dir={tmp_path}", "checkpoint.every_steps=100"))
+    s = summary(tmp_path)
+    assert int(s["resumed_from"].rsplit("-", 1)[1]) >= 400
+    assert s["params_sha256"] == reference
+
+
+def test_resume_falls_back_past_truncated_and_tampered_checkpoints(tmp_path, reference):
+    run(mpirun(2, HPCTRAIN, "train", *RUN[:-1], "train.steps=300", "checkpoint.every_steps=100",
+               f"run.dir={tmp_path}"))
+    ck = tmp_path / "checkpoints"
+    assert [p.name for p in checkpoint.candidates(ck)] == ["step-00000300", "step-00000200", "step-00000100"]
+    model = ck / "step-00000300" / "model.pt"
+    model.write_bytes(model.read_bytes()[:100])  # truncated
+    opt = ck / "step-00000200" / "optimizer.pt"
+    data = bytearray(opt.read_bytes())
+    data[-20] ^= 0xFF  # tampered, same size
+    opt.write_bytes(bytes(data))
+    proc = run(mpirun(2, HPCTRAIN, "train", *RUN, f"run.dir={tmp_path}", "checkpoint.every_steps=100"))
+    assert "step-00000300: model.pt does not match its SHA-256" in proc.stderr
+    assert "step-00000200: optimizer.pt does not match its SHA-256" in proc.stderr
+    s = summary(tmp_path)
+    assert s["resumed_from"] == str(ck / "step-00000100")
+    assert s["params_sha256"] == reference  # replayed deterministically from step 100
+
+
+def test_resume_from_an_explicit_bad_path_exits_2(tmp_path):
+    bad = tmp_path / "step-00000001"
+    bad.mkdir()
+    proc = run(mpirun(2, HPCTRAIN, "train", *RUN, f"run.dir={tmp_path}", "--resume", str(bad)), check=False)
+    assert proc.returncode == 2
+    assert f"--resume {bad}: no MANIFEST.json (incomplete: the writer did not finish)" in proc.stderr
+
+
+def test_hung_rank_ends_the_job_within_the_watchdog_bound(tmp_path):
+    proc = start(*RUN[:-1], "train.steps=100000", f"run.dir={tmp_path}", "fault.watchdog_s=4")
+    wait_for(lambda: logged_step(tmp_path) >= 100, what="step 100")
+    hung = rank_pid(proc, 1)
+    os.kill(hung, signal.SIGSTOP)  # a real hang: the process stops making progress, alive
+    stopped = time.monotonic()
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if psutil.pid_exists(hung):
+            os.kill(hung, signal.SIGKILL)
+    took = time.monotonic() - stopped
+    assert proc.returncode != 0
+    assert 4 <= took < 4 + 6, took  # the bound: watchdog_s plus a few seconds to tear down
+    assert "watchdog: no step completed for" in err and "rank 0" in err
+    assert "waiting for another rank" in err
+    print(f"hung rank: job ended {took:.1f} s after SIGSTOP (fault.watchdog_s=4)")
+
+
+@pytest.mark.parametrize("policy", ["stop", "continue"])
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path, policy):
+    disk = SmallDisk(tmp_path / "small")
+    if not disk.mounted:
+        pytest.skip(f"cannot mount a tmpfs here ({disk.why}); CI runs as root and can")
+    try:
+        # width 256: ~0.7 MB per checkpoint, so the second one does not fit in 1 MiB beside the first
+        proc = run(mpirun(2, HPCTRAIN, "train", "model.width=256", "train.steps=40", "checkpoint.every_steps=20",
+                          f"checkpoint.dir={disk.path}", f"checkpoint.on_error={policy}",
+                          f"run.dir={tmp_path / 'run'}"), check=False)
+        saved = checkpoint.candidates(disk.path)
+        assert [p.name for p in saved] == ["step-00000020"] and checkpoint.verify(saved[0]) is None
+        assert "step-00000040: writing the checkpoint failed (No space left on device)" in proc.stderr
+        if policy == "stop":
+            assert proc.returncode == 2 and not (tmp_path / "run" / "summary.json").exists()
+        else:
+            assert proc.returncode == 0 and summary(tmp_path / "run")["steps"] == 40
+    finally:
+        disk.close()
+
+
+@pytest.mark.parametrize("new_world", [1, 4])
+def test_resume_with_a_different_world_size(tmp_path, new_world):
+    """Checkpoint at step 20 on 2 ranks x 16, finish on `new_world` ranks with the same global batch: the
+    weights match the uninterrupted 2-rank run (in-memory data keeps the global sample order)."""
+    common = ["model.name=mlp", "model.width=64", "data.samples=512", "train.steps=40", "checkpoint.every_steps=20"]
+    run(mpirun(2, HPCTRAIN, "train", *common, "train.batch_size=16", f"run.dir={tmp_path / 'ref'}"))
+    run(mpirun(2, HPCTRAIN, "train", *common[:-2], "train.steps=20", "train.batch_size=16",
+               f"run.dir={tmp_path / 'resumed'}"))
+    cmd = [HPCTRAIN] if new_world == 1 else mpirun(new_world, HPCTRAIN)
+    run([*cmd, "train", *common, f"train.batch_size={32 // new_world}", f"run.dir={tmp_path / 'resumed'}"])
+    s = summary(tmp_path / "resumed")
+    assert s["world_size"] == new_world and s["steps"] == 40 and s["resumed_from"].endswith("step-00000020")
+    a = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
