@@ -109,7 +109,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config, overrides)  # all validation before any rank communicates
     from hpctrain import runtime, train
 
-    rt = runtime.init(cfg.comm, watchdog_s=cfg.fault.watchdog_s)
+    rt = runtime.init(cfg.comm, watchdog_s=cfg.fault.watchdog_s, elastic=cfg.fault.elastic)
     runtime.setup_logging(rt.rank, rt.size, cfg.run.log_all_ranks)
     summary = train.run(cfg, rt)
     return EXIT_REQUEUE if summary.get("preempted") else EXIT_OK

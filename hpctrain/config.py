@@ -180,10 +180,14 @@ class FaultConfig:
         600.0, "end the job when a rank completes no step for this many seconds (0 = no watchdog)")
     signal_check_every: int = _f(
         1, "agree on SIGUSR1/SIGTERM and time-based checkpoints every N steps (one tiny all-reduce)")
+    elastic: bool = _f(False, "Horovod elastic: keep training when workers are lost or added (launch with "
+                              "horovodrun --min-np/--max-np --host-discovery-script)")
+    commit_every: int = _f(10, "elastic: commit state in memory every N steps (work since is redone after a loss)")
 
     def __post_init__(self) -> None:
         _check(self.watchdog_s >= 0, "fault.watchdog_s", "must be >= 0")
         _check(self.signal_check_every >= 1, "fault.signal_check_every", "must be >= 1")
+        _check(self.commit_every >= 1, "fault.commit_every", "must be >= 1")
 
 
 @dataclass
@@ -197,6 +201,11 @@ class Config:
     comm: CommConfig = field(default_factory=CommConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)
+
+    def __post_init__(self) -> None:
+        # Staging waits for the node's local rank 0; a worker joining an elastic run cannot wait with the others.
+        _check(not (self.fault.elastic and self.data.stage_dir), "data.stage_dir",
+               "not supported with fault.elastic = true: stage the dataset before the job, or read it in place")
 
 
 def _check(ok: bool, key: str, what: str) -> None:

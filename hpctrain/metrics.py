@@ -81,15 +81,31 @@ class Metrics:
 
             self._bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, file=sys.stderr)
 
+    def set_runtime(self, rt: Runtime, step: int) -> None:
+        """After an elastic reset: rank and world size may have changed (a new rank 0 takes the log), and
+        throughput is measured afresh, so the summary's figures are those of the final world."""
+        self.rt = rt
+        self._measure_from(step)
+        self._measured_steps = 0
+        if rt.is_root and self._jsonl is None:
+            self._jsonl = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115
+        elif not rt.is_root and self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+
     def start(self, step: int) -> None:
         """Call once before the first step (``step`` > 0 when resuming): warm-up counts from here."""
+        self._measure_from(step)
+        if self._bar is not None:
+            self._bar.update(step)
+
+    def _measure_from(self, step: int) -> None:
         now = time.perf_counter()
         self._interval_start = now
+        self._interval_steps = 0
         self._warmup_steps = min(self.warmup_steps, self.total_steps - step - 1)
         self._warmup_end = step + self._warmup_steps
         self._measure_start = now if self._warmup_steps <= 0 else None
-        if self._bar is not None:
-            self._bar.update(step)
 
     def step_done(self, step: int, loss: torch.Tensor, lr: float) -> None:
         """Record one finished step (1-based ``step``); at log steps this is a collective on all ranks."""

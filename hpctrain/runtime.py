@@ -88,11 +88,18 @@ def detect_launcher(env: Mapping[str, str]) -> LaunchInfo:
     return LaunchInfo("single", 0, 0, 1, 1)
 
 
-def check_launch(info: LaunchInfo, env: Mapping[str, str]) -> None:
-    """Reject launcher/controller combinations known to crash or hang, before MPI is touched."""
+def check_launch(info: LaunchInfo, env: Mapping[str, str], elastic: bool | None = None) -> None:
+    """Reject launcher/controller combinations known to crash or hang, before MPI is touched.
+    ``elastic`` is the training config's ``fault.elastic`` (None: not a training run, not checked)."""
     if info.launcher in ("openmpi", "slurm") and env.get("HOROVOD_CPU_OPERATIONS", "").lower() == "gloo":
         raise LaunchError(f"HOROVOD_CPU_OPERATIONS=gloo under {info.launcher} segfaults in Horovod 0.28: "
                           "unset it, or launch with `horovodrun --gloo`")
+    if elastic is True and env.get("HOROVOD_ELASTIC") != "1":
+        raise LaunchError("fault.elastic = true needs an elastic launch: horovodrun -np N --min-np MIN "
+                          "--max-np MAX --host-discovery-script SCRIPT hpctrain train ...")
+    if elastic is False and env.get("HOROVOD_ELASTIC") == "1":
+        raise LaunchError("horovodrun started an elastic job (--min-np/--max-np/--host-discovery-script) but "
+                          "fault.elastic is false: add fault.elastic=true")
     if info.launcher == "horovodrun-gloo" and "HOROVOD_GLOO_RENDEZVOUS_ADDR" not in env and info.size > 1:
         raise LaunchError("HOROVOD_RANK/HOROVOD_SIZE are set but no Gloo rendezvous address: "
                           "launch with horovodrun, or unset the HOROVOD_* variables")
@@ -133,27 +140,41 @@ class Runtime:
     device: Any  # torch.device
     threads: int
     controller: str  # "mpi" | "gloo"
+    elastic: bool = False
 
     @property
     def is_root(self) -> bool:
         return self.rank == 0
 
+    def agree(self, fn: Callable[[], T]) -> T:
+        """:func:`agree` on ``fn``; in an elastic run just ``fn()``, because a worker that joins a running
+        elastic job must not enter collectives the others are not in (each rank then fails on its own)."""
+        return fn() if self.elastic else agree(fn)
 
-def _horovod_env(comm: CommConfig, env: dict[str, str], watchdog_s: float) -> None:
+
+def _horovod_env(comm: CommConfig, env: dict[str, str], watchdog_s: float, elastic: bool = False) -> None:
     """Horovod reads its tuning knobs from the environment once, at hvd.init()."""
     env["HOROVOD_FUSION_THRESHOLD"] = str(int(comm.fusion_threshold_mb * 1024 * 1024))
-    env["HOROVOD_CYCLE_TIME"] = str(comm.cycle_time_ms)
+    if elastic:
+        # Horovod 0.28 segfaults in hvd.init() during an elastic reset when both the fusion threshold and
+        # the cycle time are pinned (measured: either alone survives). Elastic runs keep Horovod's cycle time.
+        if comm.cycle_time_ms != CommConfig.cycle_time_ms:
+            log.warning("comm.cycle_time_ms is ignored with fault.elastic = true (Horovod 0.28 crashes on "
+                        "re-initialisation when it is set)")
+    else:
+        env["HOROVOD_CYCLE_TIME"] = str(comm.cycle_time_ms)
     if watchdog_s > 0:
         # Horovod's coordinator then logs which ranks have not joined a stalled all-reduce before the
         # watchdog (hpctrain.checkpoint.Watchdog) ends the job.
         env.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", str(max(1, int(watchdog_s / 2))))
 
 
-def init(comm: CommConfig, env: dict[str, str] | None = None, watchdog_s: float = 0.0) -> Runtime:
+def init(comm: CommConfig, env: dict[str, str] | None = None, watchdog_s: float = 0.0,
+         elastic: bool = False) -> Runtime:
     """Initialise MPI/Horovod once, pin the device and CPU threads; call before building anything."""
     env = os.environ if env is None else env  # type: ignore[assignment]
     info = detect_launcher(env)
-    check_launch(info, env)
+    check_launch(info, env, elastic)
     import torch
 
     on_gpu = torch.cuda.is_available()
@@ -161,7 +182,7 @@ def init(comm: CommConfig, env: dict[str, str] | None = None, watchdog_s: float 
         # dist: OpenMPI busy-polls while waiting; on CPU runs that steals the cores the model computes
         # on (0.7x DDP throughput on 2 ranks / 2 cores without this). Read by MPI_Init, so set it here.
         env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
-    _horovod_env(comm, env, watchdog_s)
+    _horovod_env(comm, env, watchdog_s, elastic)
 
     import horovod.torch as hvd
 
@@ -191,7 +212,8 @@ def init(comm: CommConfig, env: dict[str, str] | None = None, watchdog_s: float 
         device = torch.device("cpu")
         threads = cpu_threads(local_size)
         torch.set_num_threads(threads)
-    return Runtime(info, hvd.rank(), hvd.size(), hvd.local_rank(), local_size, device, threads, controller)
+    return Runtime(info, hvd.rank(), hvd.size(), hvd.local_rank(), local_size, device, threads, controller,
+                   elastic)
 
 
 def mpi_comm() -> Any:
@@ -205,6 +227,16 @@ def mpi_comm() -> Any:
     from mpi4py import MPI
 
     return MPI.COMM_WORLD
+
+
+def refresh(rt: Runtime) -> Runtime:
+    """``rt`` with rank and sizes as Horovod sees them now (they change after an elastic reset)."""
+    import dataclasses
+
+    import horovod.torch as hvd
+
+    return dataclasses.replace(rt, rank=hvd.rank(), size=hvd.size(), local_rank=hvd.local_rank(),
+                               local_size=hvd.local_size())
 
 
 def _mpi_world():  # type: ignore[no-untyped-def]

@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ def resolve_paths(cfg: DataConfig, rt: Runtime) -> tuple[str, str]:
     if not cfg.stage_dir:
         return cfg.path, cfg.val_path
     return tuple(  # type: ignore[return-value]
-        str(runtime.agree(lambda p=p: stage(p, cfg.stage_dir, rt.local_rank, hvd.barrier))) if p else ""
+        str(rt.agree(lambda p=p: stage(p, cfg.stage_dir, rt.local_rank, hvd.barrier))) if p else ""
         for p in (cfg.path, cfg.val_path))
 
 
@@ -61,11 +61,11 @@ def build_train_source(cfg: Config, rt: Runtime, path: str) -> InMemorySource | 
     seed, batch = cfg.train.seed, cfg.train.batch_size
     if cfg.data.source == "synthetic":
         x, y = synthetic_arrays(spec, cfg.data.samples, seed)
-        sampler = runtime.agree(lambda: _sampler(len(x), batch, rt, seed, cfg.data.remainder))
+        sampler = rt.agree(lambda: _sampler(len(x), batch, rt, seed, cfg.data.remainder))
         return InMemorySource(x, y, sampler)
-    manifest = runtime.agree(lambda: open_dataset(path, cfg.data.verify))
-    runtime.agree(lambda: check_compatible(cfg.model.name, spec, manifest, path))
-    return runtime.agree(lambda: ShardedReader(
+    manifest = rt.agree(lambda: open_dataset(path, cfg.data.verify))
+    rt.agree(lambda: check_compatible(cfg.model.name, spec, manifest, path))
+    return rt.agree(lambda: ShardedReader(
         path, manifest, rt.rank, rt.size, batch, seed, cfg.data.remainder, cfg.data.shuffle_window,
         cfg.data.block_samples, cfg.data.prefetch, cfg.data.read_threads))
 
@@ -96,8 +96,8 @@ class ValidationSet:
             spec = models.sample_spec(cfg.model)
             self.arrays = synthetic_arrays(spec, n, cfg.train.seed, sample_seed=(cfg.train.seed, 7_000_003))
         else:
-            manifest = runtime.agree(lambda: open_dataset(path, cfg.data.verify))
-            runtime.agree(lambda: check_compatible(cfg.model.name, models.sample_spec(cfg.model), manifest, path))
+            manifest = rt.agree(lambda: open_dataset(path, cfg.data.verify))
+            rt.agree(lambda: check_compatible(cfg.model.name, models.sample_spec(cfg.model), manifest, path))
             self.files = ShardFiles(Path(path), manifest, [manifest.inputs, manifest.targets])
             self.ids = eval_ids(manifest.num_samples, rt.rank, rt.size)
 
@@ -123,10 +123,11 @@ class Trainer:
         self.cfg = cfg
         self.rt = rt
         self.run_dir = Path(cfg.run.dir)
-        train_path, val_path = resolve_paths(cfg.data, rt)
-        self.data = build_train_source(cfg, rt, train_path)
-        has_val = cfg.data.val_samples > 0 if cfg.data.source == "synthetic" else bool(val_path)
-        self.val = ValidationSet(cfg, rt, val_path) if has_val else None
+        self.train_path, self.val_path = resolve_paths(cfg.data, rt)
+        self.data = build_train_source(cfg, rt, self.train_path)
+        has_val = cfg.data.val_samples > 0 if cfg.data.source == "synthetic" else bool(self.val_path)
+        self.val = ValidationSet(cfg, rt, self.val_path) if has_val else None
+        self.world_sizes: list[int] = []  # elastic: the world size after each (re)start of the loop
         seed_everything(cfg.train.seed)  # same initial weights on every rank, before the broadcast
         self.model = models.build(cfg.model).to(rt.device)
         self.optimizer = optim.build(self.model, cfg.optim, cfg.comm)
@@ -136,11 +137,15 @@ class Trainer:
         ckpt_root = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else self.run_dir / "checkpoints"
         self.checkpointer = Checkpointer(cfg.checkpoint, ckpt_root, rt.is_root)
         self.resumed_from = self.resume(select_resume(cfg.checkpoint.resume, ckpt_root, rt))
-        optim.broadcast_state(self.model, self.optimizer)  # dist: every rank starts from rank 0's state
+        if rt.elastic:  # dist: no collectives before hvd.elastic.run, whose state.sync() broadcasts rank 0's state
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            optim.broadcast_state(self.model, self.optimizer)  # dist: every rank starts from rank 0's state
         if rt.is_root:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.toml").write_text(config_mod.to_toml(cfg))
-        hvd.barrier()  # dist: rank 0 has created run_dir before any rank opens files in it
+        if not rt.elastic:
+            hvd.barrier()  # dist: rank 0 has created run_dir before any rank opens files in it
         self.metrics = Metrics(cfg.run, rt, self.run_dir, cfg.train.steps, cfg.train.batch_size,
                                cfg.train.warmup_steps)
         if self.first_loss is not None:
@@ -209,11 +214,14 @@ class Trainer:
         return loss
 
     def train(self) -> dict[str, Any]:
-        cfg = self.cfg
         self.model.train()
         self.metrics.start(self.step)
         self.stop_flag.install()
         self.watchdog.start()
+        return self._train_elastic() if self.cfg.fault.elastic else self._train_loop()
+
+    def _train_loop(self, commit: Callable[[], None] | None = None) -> dict[str, Any]:
+        cfg = self.cfg
         while self.step < cfg.train.steps:
             self.watchdog.enter("data")
             inputs, target = self.data.next_batch()
@@ -237,9 +245,49 @@ class Trainer:
                     log.warning("stopping on request (%s on at least one rank) after step %d: checkpoint written, "
                                 "exit code 75 asks for a requeue", signal.Signals(stop_signal).name, self.step)
                 return {"preempted": True, "steps": self.step}
+            if commit is not None and self.step % cfg.fault.commit_every == 0:
+                commit()
         if cfg.checkpoint.at_end:
             self.save_checkpoint(sync=True)
         return self.finish()
+
+    def _train_elastic(self) -> dict[str, Any]:
+        """Horovod elastic: state is committed in memory every ``fault.commit_every`` steps; when a worker is
+        lost (or one is added), Horovod restores the last commit, re-forms the world, and the loop goes on."""
+        state = hvd.elastic.TorchState(model=self.model, optimizer=self.optimizer, step=self.step,
+                                       data=self.data.state_dict(), first_loss=self.metrics.first_loss)
+
+        @hvd.elastic.run  # dist: re-runs the function after a reset, with state synced from rank 0
+        def loop(state: Any) -> dict[str, Any]:
+            self._join_world(state)
+
+            def commit() -> None:
+                state.step, state.data, state.first_loss = self.step, self.data.state_dict(), self.metrics.first_loss
+                state.commit()
+
+            return self._train_loop(commit)
+
+        return loop(state)
+
+    def _join_world(self, state: Any) -> None:
+        """On entry and after every elastic reset: take this rank's place in the (maybe new) world and
+        re-partition the rest of the epoch's data (and the validation set) among the ranks there are now."""
+        cfg = self.cfg
+        self.rt = runtime.refresh(self.rt)
+        runtime.setup_logging(self.rt.rank, self.rt.size, cfg.run.log_all_ranks)
+        self.step = state.step
+        self.metrics.set_runtime(self.rt, self.step)
+        self.checkpointer.is_root = self.rt.is_root
+        self.metrics.first_loss = state.first_loss
+        self.data.close()
+        self.data = build_train_source(cfg, self.rt, self.train_path)
+        self.data.load_state_dict(state.data)
+        if self.val is not None:
+            self.val.close()
+            self.val = ValidationSet(cfg, self.rt, self.val_path)
+        if self.world_sizes and self.world_sizes[-1] != self.rt.size:
+            log.warning("elastic: world is now %d rank(s); continuing from step %d", self.rt.size, self.step)
+        self.world_sizes.append(self.rt.size)
 
     def agree_on_flags(self) -> tuple[int, bool]:
         """Every ``fault.signal_check_every`` steps, one tiny all-reduce: the stop signal any rank got (0 for
@@ -273,9 +321,16 @@ class Trainer:
 
     def finish(self) -> dict[str, Any]:
         """Summary on every rank (collective); rank 0 writes summary.json and the final weights."""
+        digest = params_sha256(self.model)
+        # dist: replicas must end identical; a difference means a broken broadcast or a lost update somewhere
+        digests = hvd.allgather_object(digest, name="hpctrain.params_sha256")
+        if len(set(digests)) > 1 and self.rt.is_root:
+            log.error("parameters differ between ranks at the end (ranks %s differ from rank 0)",
+                      [r for r, d in enumerate(digests) if d != digest])
         extra = {
             "steps": self.step,
-            "params_sha256": params_sha256(self.model),
+            "params_sha256": digest,
+            "replicas_identical": len(set(digests)) == 1,
             "num_parameters": models.num_parameters(self.model),
             "model": self.cfg.model.name,
             "compression": self.cfg.comm.compression,
@@ -290,6 +345,9 @@ class Trainer:
             extra.update(self.evaluate())
             self.metrics.record_eval(self.step, extra)
         extra["resumed_from"] = str(self.resumed_from) if self.resumed_from else None
+        if self.cfg.fault.elastic:
+            extra["elastic_world_sizes"] = self.world_sizes
+        self._wait_for_checkpoint()  # the summary counts an async checkpoint once it is on disk
         extra["checkpoints"] = {"written": self.checkpointer.stats.count,
                                 "stall_s": self.checkpointer.stats.stall_s,
                                 "write_s": self.checkpointer.stats.write_s,
@@ -304,13 +362,16 @@ class Trainer:
     def close(self) -> None:
         self.watchdog.stop()
         self.stop_flag.uninstall()
-        error = self.checkpointer.wait()  # an async write in flight finishes before the process ends
-        if error and self.rt.is_root:
-            log.error("%s", error)
+        self._wait_for_checkpoint()  # an async write in flight finishes before the process ends
         self.metrics.close()
         self.data.close()
         if self.val is not None:
             self.val.close()
+
+    def _wait_for_checkpoint(self) -> None:
+        error = self.checkpointer.wait()
+        if error and self.rt.is_root:
+            log.error("%s", error)
 
 
 def describe_summary(summary: dict[str, Any], run_dir: Path) -> str:
@@ -340,9 +401,9 @@ def end_job() -> None:
 
 def select_resume(resume: str, root: Path, rt: Runtime) -> Path | None:
     """Rank 0 picks the checkpoint (newest that verifies, saying why newer ones were passed over) and
-    broadcasts the choice; a collective."""
+    broadcasts the choice; a collective (in elastic runs every rank picks, from the same files)."""
     choice: tuple[str | None, str | None] = (None, None)  # (path, error)
-    if rt.is_root and resume != "never":
+    if (rt.is_root or rt.elastic) and resume != "never":
         if resume == "auto":
             path, skipped = checkpoint.latest_good(root)
             for reason in skipped:
@@ -356,7 +417,8 @@ def select_resume(resume: str, root: Path, rt: Runtime) -> Path | None:
                     log.warning("not resuming from %s", reason)
             reason = "no good checkpoint in it" if path is None else checkpoint.verify(path)
             choice = (str(path), None) if reason is None else (None, f"--resume {resume}: {reason}")
-    path, error = hvd.broadcast_object(choice, root_rank=0, name="hpctrain.resume")  # dist
+    # dist: elastic ranks each choose (the same files, the same choice) since a joining worker may not broadcast
+    path, error = choice if rt.elastic else hvd.broadcast_object(choice, root_rank=0, name="hpctrain.resume")
     if error is not None:
         raise CheckpointError(error, agreed=True)
     return Path(path) if path else None

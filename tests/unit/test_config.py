@@ -47,6 +47,8 @@ def test_bad_overrides_name_the_key(override, fragment):
 def test_cross_field_check():
     with pytest.raises(ConfigError, match=r"model.heads: must divide model.width=256"):
         config.load(None, ["model.name=transformer", "model.heads=3"])
+    with pytest.raises(ConfigError, match=r"data.stage_dir: not supported with fault.elastic = true"):
+        config.load(None, ["fault.elastic=true", "data.stage_dir=/tmp/x"])
 
 
 def test_file_errors_name_the_file(tmp_path):

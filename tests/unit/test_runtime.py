@@ -74,6 +74,28 @@ def test_gloo_operations_under_mpirun_are_refused():
     check_launch(detect_launcher(HOROVOD_GLOO), HOROVOD_GLOO)  # fine under horovodrun --gloo
 
 
+def test_elastic_config_and_launch_must_match():
+    elastic_env = {**HOROVOD_GLOO, "HOROVOD_ELASTIC": "1"}
+    check_launch(detect_launcher(elastic_env), elastic_env, elastic=True)
+    check_launch(detect_launcher(elastic_env), elastic_env)  # not a training run (e.g. hpctrain info)
+    with pytest.raises(LaunchError, match="needs an elastic launch"):
+        check_launch(detect_launcher(HOROVOD_GLOO), HOROVOD_GLOO, elastic=True)
+    with pytest.raises(LaunchError, match="fault.elastic is false"):
+        check_launch(detect_launcher(elastic_env), elastic_env, elastic=False)
+
+
+def test_elastic_runs_keep_horovods_cycle_time():
+    """Horovod 0.28 segfaults re-initialising after an elastic reset when the cycle time is pinned too."""
+    from hpctrain.config import CommConfig
+    from hpctrain.runtime import _horovod_env
+
+    env: dict[str, str] = {}
+    _horovod_env(CommConfig(), env, watchdog_s=0, elastic=True)
+    assert "HOROVOD_CYCLE_TIME" not in env and "HOROVOD_FUSION_THRESHOLD" in env
+    _horovod_env(CommConfig(cycle_time_ms=3.0), env, watchdog_s=0)
+    assert env["HOROVOD_CYCLE_TIME"] == "3.0"
+
+
 def test_cpu_threads_share_the_cores(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 8)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
