@@ -7,7 +7,7 @@ NP ?= 2
 export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 
-.PHONY: setup demo test test-unit test-mpi lint docs clean
+.PHONY: setup demo test test-unit test-mpi test-slurm lint docs clean
 
 setup: $(VENV)/.setup-done
 
@@ -18,7 +18,12 @@ $(VENV)/.setup-done: scripts/setup.sh pyproject.toml
 demo: setup
 	bash scripts/demo.sh $(NP)
 
-test: setup
+# The tests also need Slurm and munge (tests/slurm start a real single-node cluster).
+$(VENV)/.slurm-done: $(VENV)/.setup-done
+	HPCTRAIN_WITH_SLURM=1 bash scripts/setup.sh
+	touch $@
+
+test: setup $(VENV)/.slurm-done
 	$(BIN)/python -m pytest -ra tests
 
 test-unit: setup
@@ -26,6 +31,9 @@ test-unit: setup
 
 test-mpi: setup
 	$(BIN)/python -m pytest -ra tests/mpi
+
+test-slurm: setup $(VENV)/.slurm-done
+	$(BIN)/python -m pytest -ra tests/slurm
 
 lint: setup
 	$(BIN)/python -m pip install -q ruff==0.17.5

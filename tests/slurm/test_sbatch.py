@@ -1,0 +1,134 @@
+"""slurm/train.sbatch and `hpctrain slurm submit` against real slurmctld/slurmd: a job to completion, the
+pre-emption cycle (signal → checkpoint → exit 75 → requeue → resume), scancel + resubmit, hostile values."""
+
+import json
+import subprocess
+
+import pytest
+
+from tests.launch import HPCTRAIN, REPO
+from tests.launch import env as clean_env
+from tests.slurm.conftest import job_info, wait_job
+
+STEPS = 3000
+RUN = ["model.name=mlp", "model.width=64", "data.samples=4096", "train.batch_size=16", "run.log_every=50",
+       f"train.steps={STEPS}", "checkpoint.every_steps=1000"]
+
+
+def sh(cmd: list[str], env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} exited {proc.returncode}: {proc.stdout}{proc.stderr}")
+    return proc
+
+
+def submit(env: dict, run_dir, *extra: str) -> str:
+    return sh([HPCTRAIN, "slurm", "submit", "--ntasks", "2", "--time", "10", *RUN, f"run.dir={run_dir}", *extra],
+              env).stdout.strip()
+
+
+def logged_step(run_dir) -> int:
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    return max((json.loads(ln).get("step", 0) for ln in lines if ln.endswith("}")), default=0)
+
+
+def wait_step(run_dir, step: int, job_env: dict, job_id: str, timeout: float = 120) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while logged_step(run_dir) < step:
+        assert time.monotonic() < deadline, f"job {job_id} did not reach step {step}: {job_info(job_env, job_id)}"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def job_env(cluster):
+    return {**clean_env(), "SLURM_CONF": cluster["SLURM_CONF"]}
+
+
+@pytest.fixture(scope="module")
+def reference(job_env, tmp_path_factory):
+    """`sbatch slurm/train.sbatch` as a user would type it: 2 tasks, to completion; its params_sha256."""
+    d = tmp_path_factory.mktemp("reference")
+    job_id = sh(["sbatch", "--parsable", "--ntasks=2", f"--output={d}/%x-%j.out", "slurm/train.sbatch", *RUN,
+                 f"run.dir={d}/run", f"checkpoint.dir={d}/ckpt"], {**job_env, "HPCTRAIN_LOG_DIR": str(d / "logs")}
+                ).stdout.strip()
+    info = wait_job(job_env, job_id, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"))
+    out = (d / f"hpctrain-{job_id}.out").read_text()
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", out + (d / f"logs/{job_id}/restart-0.log"
+                                                                                  ).read_text()[-3000:]
+    return d, job_id, json.loads((d / "run" / "summary.json").read_text())
+
+
+def test_sbatch_runs_training_to_completion(reference):
+    d, job_id, summary = reference
+    assert summary["world_size"] == 2 and summary["steps"] == STEPS and summary["launcher"] == "slurm"
+    assert summary["final_loss"] < summary["initial_loss"]
+    assert sorted(p.name for p in (d / "ckpt").iterdir()) == ["step-00001000", "step-00002000", "step-00003000"]
+    assert "finished" in (d / f"hpctrain-{job_id}.out").read_text()
+    assert "params_sha256" in (d / "logs" / job_id / "restart-0.log").read_text()
+
+
+def test_preemption_signal_checkpoints_requeues_and_resumes_bit_identical(job_env, reference, tmp_path):
+    """The signal is sent with `scancel --batch --signal=USR1`: exactly what slurmctld does at --signal's
+    warning time (to the batch shell), at a moment the test chooses; slurmctld itself only checks warning
+    times every 30-60 s, too coarse to aim at the middle of a short CI job."""
+    run_dir = tmp_path / "run"
+    job_id = submit(job_env, run_dir)
+    assert "--signal=B:USR1@120" in next((run_dir / "slurm").glob("*.sbatch")).read_text()
+    wait_step(run_dir, 300, job_env, job_id)
+    sh(["scancel", "--batch", "--signal=USR1", job_id], job_env)
+    info = wait_job(job_env, job_id, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"))
+    out = (run_dir / "logs" / f"hpctrain-{job_id}.out").read_text()
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", out
+    assert "checkpointed on request: requeueing (restart 1)" in out
+    assert (run_dir / "logs" / job_id / "restart-1.log").exists()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["resumed_from"] is not None and summary["steps"] == STEPS
+    assert summary["params_sha256"] == reference[2]["params_sha256"]
+
+
+def test_scancel_then_resubmit_resumes_from_the_checkpoint(job_env, reference, tmp_path):
+    run_dir = tmp_path / "run"
+    job_id = submit(job_env, run_dir)
+    wait_step(run_dir, 1200, job_env, job_id)
+    sh(["scancel", job_id], job_env)  # SIGTERM to the ranks: they checkpoint and exit 75; no requeue
+    info = wait_job(job_env, job_id, ("CANCELLED", "COMPLETED", "FAILED"))
+    assert info["JobState"] == "CANCELLED"
+    saved = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert saved and saved[-1] >= "step-00001000"
+    assert not (run_dir / "summary.json").exists()
+    second = submit(job_env, run_dir)
+    info = wait_job(job_env, second, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"))
+    assert info["JobState"] == "COMPLETED", (run_dir / "logs" / f"hpctrain-{second}.out").read_text()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["resumed_from"].endswith(saved[-1]) and summary["steps"] == STEPS
+    assert summary["params_sha256"] == reference[2]["params_sha256"]
+
+
+def test_hostile_values_are_quoted_and_never_executed(job_env, tmp_path):
+    marker = tmp_path / "pwned"
+    hostile = tmp_path / f"a b'c\"d$(touch {marker})`touch {marker}`"
+    job_id = sh([HPCTRAIN, "slurm", "submit", "--ntasks", "2", "--output", f"{tmp_path}/%j.out", "train.steps=20",
+                 f"run.dir={hostile}"], job_env).stdout.strip()
+    info = wait_job(job_env, job_id, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"))
+    assert info["JobState"] == "COMPLETED", (tmp_path / f"{job_id}.out").read_text()
+    assert (hostile / "summary.json").exists()  # the literal directory name reached hpctrain
+    assert not marker.exists()
+
+
+def test_scaling_sbatch_runs_each_rank_count_in_one_allocation(job_env, tmp_path):
+    out = tmp_path / "strong"
+    job_id = sh(["sbatch", "--parsable", "--ntasks=2", f"--output={tmp_path}/%j.out", "slurm/scaling.sbatch",
+                 "strong", str(out), "train.steps=100", "run.log_every=50"],
+                {**job_env, "HPCTRAIN_RANKS": "1 2", "HPCTRAIN_GLOBAL_BATCH": "64"}).stdout.strip()
+    info = wait_job(job_env, job_id, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"))
+    table = (tmp_path / f"{job_id}.out").read_text()
+    assert info["JobState"] == "COMPLETED", table
+    for ranks in (1, 2):
+        s = json.loads((out / f"ranks-{ranks}" / "summary.json").read_text())
+        assert s["world_size"] == ranks and s["global_batch_size"] == 64 and s["steps"] == 100
+    assert [ln.split()[0] for ln in table.splitlines()[-2:]] == ["1", "2"]
