@@ -100,7 +100,39 @@ def _parser() -> argparse.ArgumentParser:
     bl.add_argument("--no-cold", action="store_true", help="skip the cold-cache measurement")
     bl.add_argument("--json", help="also write the results to this file")
 
+    ba = bsub.add_parser("allreduce", help="Horovod (none/fp16) vs raw MPI Allreduce, 4 KB to 256 MB, and memcpy; "
+                                           "run it under mpirun/srun")
+    from hpctrain.bench import allreduce
+
+    allreduce.add_arguments(ba)
+    bc = bsub.add_parser("compare", help="hpctrain vs a raw Horovod loop vs PyTorch DDP (torchrun), interleaved")
+    bc.add_argument("--models", default="mlp-21m,cnn", help="comma list of mlp-21m, cnn")
+    bc.add_argument("--ranks", default="1,2", help="comma list of rank counts")
+    bc.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
+    bc.add_argument("--steps", type=int, default=150, help="steps per run (5 warm-up steps not timed)")
+    bc.add_argument("--json", help="also write the results to this file")
+
     sub.add_parser("info", help="versions, Horovod build, launcher, rank/size, device, threads (every rank)")
+
+    sc = sub.add_parser("scaling", help="weak/strong scaling studies and their reports")
+    scsub = sc.add_subparsers(dest="scaling_command", required=True)
+    sr = scsub.add_parser("run", help="train at each rank count (mpirun, or Slurm jobs), append records")
+    sr.add_argument("--mode", required=True, choices=["weak", "strong"])
+    sr.add_argument("--ranks", default="1,2,4", help="comma list of rank counts (default 1,2,4)")
+    sr.add_argument("--config", help="TOML config for hpctrain train")
+    sr.add_argument("--global-batch", type=int, help="strong: global batch split over the ranks "
+                                                      "(default: train.batch_size x the largest rank count)")
+    sr.add_argument("--repeats", type=int, default=1, help="runs per rank count (the report takes the median)")
+    sr.add_argument("--slurm", action="store_true", help="submit each run with sbatch --wait slurm/train.sbatch")
+    sr.add_argument("--out", required=True, help="records file (JSON lines), appended to")
+    sr.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    sp = scsub.add_parser("report", help="Markdown report with tables, PNG plots and a communication model")
+    sp.add_argument("records", help="records file written by `hpctrain scaling run`")
+    sp.add_argument("--out", required=True, help="directory for report.md and the plots")
+    sp.add_argument("--allreduce", help="`hpctrain bench allreduce --json` output: fit alpha/beta, predict 8-1024")
+    sp.add_argument("--link-gbps", type=float, default=100.0, help="stated link speed for the model (Gb/s)")
+    sp.add_argument("--link-latency-us", type=float, default=5.0, help="stated link latency for the model")
+    sp.add_argument("--compute-s", type=float, help="compute time per step for the model (default: measured)")
 
     s = sub.add_parser("slurm", help="fill slurm/train.sbatch from a config (render) and sbatch it (submit)")
     ssub = s.add_subparsers(dest="slurm_command", required=True)
@@ -219,6 +251,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from hpctrain.bench import loader
 
         loader.main(args)
+    elif args.bench_command == "allreduce":
+        from hpctrain.bench import allreduce
+
+        return allreduce.main(args)
+    elif args.bench_command == "compare":
+        from hpctrain.bench import compare
+
+        return compare.main(args)
+    return EXIT_OK
+
+
+def cmd_scaling(args: argparse.Namespace) -> int:
+    if args.scaling_command == "run":
+        from hpctrain.scaling import run
+
+        ranks = [int(v) for v in args.ranks.split(",") if v.strip()]
+        records = run.run_study(args.mode, ranks, args.config, args.overrides, Path(args.out), args.global_batch,
+                                args.repeats, args.slurm)
+        for r in records:
+            print(f"{r['mode']:6s} {r['world_size']:3d} rank(s)  {r['samples_per_sec']:12.1f} samples/s")
+        print(f"records appended to {args.out}")
+        return EXIT_OK
+    from hpctrain.scaling import report
+
+    path = report.write_report(args.records, args.out, args.allreduce, args.link_gbps, args.link_latency_us,
+                               compute_s=args.compute_s)
+    print(path)
     return EXIT_OK
 
 
@@ -241,7 +300,7 @@ def cmd_slurm(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "config": cmd_config, "info": cmd_info, "data": cmd_data, "bench": cmd_bench,
-            "slurm": cmd_slurm}
+            "slurm": cmd_slurm, "scaling": cmd_scaling}
 
 
 def main(argv: list[str] | None = None) -> None:

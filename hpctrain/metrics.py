@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import horovod.torch as hvd
+import numpy as np
 import torch
 from torch import nn
 
@@ -49,6 +50,17 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+# The step-time breakdown, in the order Trainer measures it: reading the batch, forward + backward (the
+# all-reduces start during backward), waiting for the all-reduces still running, the optimizer update.
+PHASES = ("data", "forward_backward", "allreduce_wait", "optimizer")
+
+
+def _breakdown(table: torch.Tensor, steps: int) -> dict[str, float]:
+    """Mean over ranks of the milliseconds per step in each phase (``table``: ranks x phases, seconds)."""
+    per_step = table.mean(dim=0) * 1000 / max(steps, 1)
+    return {name: float(v) for name, v in zip(PHASES, per_step, strict=True)}
+
+
 def _stats(values: torch.Tensor) -> dict[str, float]:
     return {"min": float(values.min()), "mean": float(values.mean()), "max": float(values.max())}
 
@@ -72,6 +84,9 @@ class Metrics:
         self._warmup_end = warmup_steps
         self._measure_start: float | None = None  # perf_counter at the end of the last warm-up step
         self._measured_steps = 0
+        self._last_step_end = time.perf_counter()
+        self._interval_phases = np.zeros(len(PHASES))
+        self._measured_phases = np.zeros(len(PHASES))
         self._started = time.time()
         self._jsonl = open(run_dir / "metrics.jsonl", "a") if rt.is_root else None  # noqa: SIM115
         show = cfg.progress == "on" or (cfg.progress == "auto" and sys.stderr.isatty())
@@ -87,6 +102,7 @@ class Metrics:
         self.rt = rt
         self._measure_from(step)
         self._measured_steps = 0
+        self._measured_phases[:] = 0
         if rt.is_root and self._jsonl is None:
             self._jsonl = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115
         elif not rt.is_root and self._jsonl is not None:
@@ -103,25 +119,32 @@ class Metrics:
         now = time.perf_counter()
         self._interval_start = now
         self._interval_steps = 0
+        self._interval_phases[:] = 0
         self._warmup_steps = min(self.warmup_steps, self.total_steps - step - 1)
         self._warmup_end = step + self._warmup_steps
         self._measure_start = now if self._warmup_steps <= 0 else None
 
-    def step_done(self, step: int, loss: torch.Tensor, lr: float) -> None:
-        """Record one finished step (1-based ``step``); at log steps this is a collective on all ranks."""
+    def step_done(self, step: int, loss: torch.Tensor, lr: float, phases: np.ndarray | None = None) -> None:
+        """Record one finished step (1-based ``step``) and its seconds per phase (:data:`PHASES`); at log
+        steps this is a collective on all ranks."""
         now = time.perf_counter()
+        self._last_step_end = now
         self._interval_steps += 1
+        if phases is not None:
+            self._interval_phases += phases
         if step == self._warmup_end and self._measure_start is None:
             self._measure_start = now
         elif step > self._warmup_end:
             self._measured_steps += 1
+            if phases is not None:
+                self._measured_phases += phases
         if self._bar is not None:
             self._bar.update(1)
         if step % self.cfg.log_every and step != self.total_steps and step != 1:
             return
         elapsed = now - self._interval_start
         # dist: one small allgather gives every rank's loss and interval time
-        row = torch.tensor([[float(loss.detach()), elapsed]], dtype=torch.float64)
+        row = torch.tensor([[float(loss.detach()), elapsed, *self._interval_phases]], dtype=torch.float64)
         table = hvd.allgather(row, name="hpctrain.metrics")
         mean_loss = float(table[:, 0].mean())
         per_rank_rate = self._interval_steps * self.batch_size / table[:, 1]
@@ -132,6 +155,7 @@ class Metrics:
             "samples_per_sec": float(self._interval_steps * self.batch_size * self.rt.size / table[:, 1].max()),
             "samples_per_sec_per_rank": _stats(per_rank_rate),
             "step_time_ms": _stats(table[:, 1] * 1000 / self._interval_steps),
+            "breakdown_ms": _breakdown(table[:, 2:], self._interval_steps),
             "time": time.time(),
         }
         if self.first_loss is None:
@@ -148,6 +172,7 @@ class Metrics:
                      record["step_time_ms"]["mean"])
         self._interval_start = time.perf_counter()
         self._interval_steps = 0
+        self._interval_phases[:] = 0
 
     def record_eval(self, step: int, result: dict[str, Any], seconds: float = 0.0) -> None:
         """Rank 0 appends a validation record to metrics.jsonl; the ``seconds`` it took are left out of
@@ -166,10 +191,10 @@ class Metrics:
 
     def summary(self, extra: dict[str, Any]) -> dict[str, Any]:
         """Post-warm-up throughput reduced over ranks (a collective); rank 0 writes summary.json."""
-        end = time.perf_counter()
+        end = self._last_step_end  # throughput of the training steps: not of the evaluation or checkpoint after
         elapsed = end - self._measure_start if self._measure_start is not None else float("nan")
         steps = self._measured_steps
-        row = torch.tensor([[elapsed, float(steps)]], dtype=torch.float64)
+        row = torch.tensor([[elapsed, float(steps), *self._measured_phases]], dtype=torch.float64)
         table = hvd.allgather(row, name="hpctrain.summary")  # dist
         per_rank = table[:, 1] * self.batch_size / table[:, 0]
         summary = {
@@ -183,6 +208,7 @@ class Metrics:
             "samples_per_sec": float(steps * self.batch_size * self.rt.size / table[:, 0].max()),
             "samples_per_sec_per_rank": _stats(per_rank),
             "step_time_ms": _stats(table[:, 0] * 1000 / max(steps, 1)),
+            "breakdown_ms": _breakdown(table[:, 2:], steps),
             "wall_time_s": time.time() - self._started,
             **extra,
         }

@@ -27,7 +27,7 @@ from hpctrain.data.memory import InMemorySource
 from hpctrain.data.reader import ShardedReader, ShardFiles, eval_ids, open_dataset
 from hpctrain.data.sampler import GlobalBatchSampler
 from hpctrain.data.stage import stage
-from hpctrain.metrics import Metrics, params_sha256
+from hpctrain.metrics import PHASES, Metrics, params_sha256
 from hpctrain.runtime import Runtime, rank_seed, seed_everything
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,8 @@ class Trainer:
         self.optimizer = optim.build(self.model, cfg.optim, cfg.comm)
         seed_everything(rank_seed(cfg.train.seed, rt.rank))  # dist: per-rank randomness from here on
         self.step = 0
+        self.phase_s = np.zeros(len(PHASES))  # this step's seconds in each phase (see train_step)
+        self._flags: int | None = None  # handle of the flags all-reduce in flight (see agree_on_flags)
         self.first_loss: float | None = None
         ckpt_root = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else self.run_dir / "checkpoints"
         self.checkpointer = Checkpointer(cfg.checkpoint, ckpt_root, rt.is_root)
@@ -207,10 +209,20 @@ class Trainer:
             log.warning("%s (checkpoint.on_error=continue: training goes on without this checkpoint)", error)
 
     def train_step(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """One optimizer step; records how long each phase took in ``self.phase_s`` (the step-time breakdown:
+        a few clock reads, cheap enough to leave on). On a GPU the phases are those of the host thread."""
+        t0 = time.perf_counter()
         self.optimizer.zero_grad()
         loss = models.loss_fn(self.model(inputs), target)
         loss.backward()  # dist: gradients are all-reduced in the background as they are produced
-        self.optimizer.step()  # dist: waits for the all-reduces, then applies the averaged gradients
+        t1 = time.perf_counter()
+        self.watchdog.enter("all-reduce")
+        self.optimizer.synchronize()  # dist: wait for the all-reduces that backward started
+        t2 = time.perf_counter()
+        with self.optimizer.skip_synchronize():
+            self.optimizer.step()
+        t3 = time.perf_counter()
+        self.phase_s[1:] = (t1 - t0, t2 - t1, t3 - t2)
         return loss
 
     def train(self) -> dict[str, Any]:
@@ -224,13 +236,15 @@ class Trainer:
         cfg = self.cfg
         while self.step < cfg.train.steps:
             self.watchdog.enter("data")
+            t0 = time.perf_counter()
             inputs, target = self.data.next_batch()
+            inputs, target = torch.from_numpy(inputs).to(self.rt.device), torch.from_numpy(target).to(self.rt.device)
+            self.phase_s[0] = time.perf_counter() - t0
             self.watchdog.enter("forward/backward")
-            loss = self.train_step(torch.from_numpy(inputs).to(self.rt.device),
-                                   torch.from_numpy(target).to(self.rt.device))
+            loss = self.train_step(inputs, target)
             self.step += 1
             self.watchdog.beat(self.step, "collective")
-            self.metrics.step_done(self.step, loss, self.optimizer.param_groups[0]["lr"])
+            self.metrics.step_done(self.step, loss, self.optimizer.param_groups[0]["lr"], self.phase_s)
             if self.val is not None and cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 \
                     and self.step != cfg.train.steps:
                 t0 = time.perf_counter()
@@ -247,6 +261,7 @@ class Trainer:
                 return {"preempted": True, "steps": self.step}
             if commit is not None and self.step % cfg.fault.commit_every == 0:
                 commit()
+        self._collect_flags()  # dist: no collective left in flight; a signal this late changes nothing
         if cfg.checkpoint.at_end:
             self.save_checkpoint(sync=True)
         return self.finish()
@@ -273,6 +288,7 @@ class Trainer:
         """On entry and after every elastic reset: take this rank's place in the (maybe new) world and
         re-partition the rest of the epoch's data (and the validation set) among the ranks there are now."""
         cfg = self.cfg
+        self._flags = None  # an all-reduce started in the old world never completes in the new one
         self.rt = runtime.refresh(self.rt)
         runtime.setup_logging(self.rt.rank, self.rt.size, cfg.run.log_all_ranks)
         self.step = state.step
@@ -290,12 +306,22 @@ class Trainer:
         self.world_sizes.append(self.rt.size)
 
     def agree_on_flags(self) -> tuple[int, bool]:
-        """Every ``fault.signal_check_every`` steps, one tiny all-reduce: the stop signal any rank got (0 for
-        none), and whether a time-based checkpoint is due on any rank. Decided together, never by one rank."""
+        """Every ``fault.signal_check_every`` steps the ranks agree on the stop signal any rank got (0 for
+        none) and whether a time-based checkpoint is due on any rank, with one tiny all-reduce. It is started
+        at one check and read at the next, so it travels with the next step's gradients instead of costing a
+        round trip of its own; every rank reads the same result at the same step: decided together."""
         if self.step % self.cfg.fault.signal_check_every:
             return 0, False
-        flags = torch.tensor([self.stop_flag.signum or 0, self.checkpointer.time_due()], dtype=torch.int32)
-        flags = hvd.allreduce(flags, op=hvd.Max, name="hpctrain.flags")  # dist
+        stop_signal, timed = self._collect_flags()
+        if not (stop_signal or timed):  # else the caller stops or checkpoints now: flags start afresh next check
+            flags = torch.tensor([self.stop_flag.signum or 0, self.checkpointer.time_due()], dtype=torch.int32)
+            self._flags = hvd.allreduce_async(flags, op=hvd.Max, name="hpctrain.flags")  # dist
+        return stop_signal, timed
+
+    def _collect_flags(self) -> tuple[int, bool]:
+        if self._flags is None:
+            return 0, False
+        flags, self._flags = hvd.synchronize(self._flags), None  # dist
         return int(flags[0]), bool(flags[1])
 
     @torch.no_grad()
@@ -389,6 +415,7 @@ def describe_summary(summary: dict[str, Any], run_dir: Path) -> str:
             f"  loss {summary['initial_loss']:.4f} -> {summary['final_loss']:.4f}\n{val}"
             f"  throughput {rate:,.0f} samples/s global, {per_rank:,.0f} samples/s per rank, "
             f"step {summary['step_time_ms']['mean']:.1f} ms (after {summary['warmup_steps']} warm-up steps)\n"
+            f"  step time ms: {'  '.join(f'{k} {v:.2f}' for k, v in summary['breakdown_ms'].items())}\n"
             f"  outputs in {run_dir}/: metrics.jsonl, summary.json, config.toml, model.pt\n"
             f"  params_sha256 {summary['params_sha256']}")
 

@@ -1,0 +1,113 @@
+"""`hpctrain bench compare`: hpctrain against a minimal raw Horovod loop and PyTorch DDP (torchrun), side by side.
+
+The same model, synthetic data, per-rank batch and threads per rank for all three; runs interleaved
+(every implementation once per round, rounds repeated) so drifting machine load hits all of them alike; the
+median of the rounds is reported with the ratios hpctrain/raw-Horovod and hpctrain/DDP. Two models: a
+communication-heavy MLP (large dense layers, ~21M parameters) and a compute-heavy CNN (convolutions).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+MODELS = {  # name: (registry model, width, depth, per-rank batch)
+    "mlp-21m": ("mlp", 2048, 6, 64),
+    "cnn": ("cnn", 16, 2, 32),
+}
+IMPLS = ("hpctrain", "horovod", "ddp")
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def mpirun(ranks: int) -> list[str]:
+    # dist: the same launch for hpctrain and raw Horovod. yield_when_idle: hpctrain's own default on CPU
+    # (comm.yield_when_idle), given to the raw loop too so the comparison measures the framework, not MPI.
+    over = ["--oversubscribe"] if ranks > (os.cpu_count() or 1) else []
+    return ["mpirun", "-np", str(ranks), *over, "--bind-to", "none", "--mca", "mpi_yield_when_idle", "1"]
+
+
+def command(impl: str, model: str, ranks: int, steps: int, run_dir: str) -> list[str]:
+    name, width, depth, batch = MODELS[model]
+    if impl == "hpctrain":
+        return [*mpirun(ranks), _bin("hpctrain"), "train", f"model.name={name}", f"model.width={width}",
+                f"model.depth={depth}", f"train.batch_size={batch}", f"train.steps={steps}", "optim.lr=0.01",
+                f"run.dir={run_dir}", "checkpoint.at_end=false", "checkpoint.resume=never",
+                f"run.log_every={steps}", "data.samples=" + str(batch * ranks * 8)]
+    peer = ["-m", "hpctrain.bench.peers", impl, "--model", name, "--width", str(width), "--depth", str(depth),
+            "--batch", str(batch), "--steps", str(steps)]
+    if impl == "horovod":
+        return [*mpirun(ranks), sys.executable, *peer]
+    return [_bin("torchrun"), "--standalone", f"--nproc_per_node={ranks}", *peer]
+
+
+def run_once(impl: str, model: str, ranks: int, steps: int) -> float:
+    """samples/s of one run (global, post-warm-up, slowest rank)."""
+    with tempfile.TemporaryDirectory(prefix="hpctrain-compare-") as tmp:
+        cmd = command(impl, model, ranks, steps, tmp)
+        env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+        if impl == "hpctrain":
+            return float(json.loads((Path(tmp) / "summary.json").read_text())["samples_per_sec"])
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
+        return float(json.loads(line)["samples_per_sec"])
+
+
+def compare(models: list[str], ranks: list[int], rounds: int, steps: int) -> dict[str, Any]:
+    raw: dict[str, list[float]] = {}
+    for r in range(rounds):
+        for model in models:
+            for p in ranks:
+                for impl in IMPLS:
+                    rate = run_once(impl, model, p, steps)
+                    raw.setdefault(f"{model}|{p}|{impl}", []).append(rate)
+                    print(f"  round {r + 1}/{rounds} {model:8s} {p} rank(s) {impl:9s} {rate:10.1f} samples/s",
+                          file=sys.stderr, flush=True)
+    rows = []
+    for model in models:
+        for p in ranks:
+            med = {impl: statistics.median(raw[f"{model}|{p}|{impl}"]) for impl in IMPLS}
+            rows.append({"model": model, "ranks": p, **{f"{i}_samples_per_sec": med[i] for i in IMPLS},
+                         "hpctrain_vs_horovod": med["hpctrain"] / med["horovod"],
+                         "hpctrain_vs_ddp": med["hpctrain"] / med["ddp"],
+                         "runs": {i: raw[f"{model}|{p}|{i}"] for i in IMPLS}})
+    return {"rows": rows, "rounds": rounds, "steps": steps, "models": {m: MODELS[m] for m in models},
+            "host": {"hostname": platform.node(), "cpus": os.cpu_count()}, "command": " ".join(sys.argv),
+            "time": time.time()}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [f"{'model':8s} {'ranks':>5s} {'hpctrain':>10s} {'horovod':>10s} {'ddp':>10s} "
+             f"{'vs horovod':>11s} {'vs ddp':>8s}   (samples/s, median of {result['rounds']} interleaved rounds)"]
+    for r in result["rows"]:
+        lines.append(f"{r['model']:8s} {r['ranks']:5d} {r['hpctrain_samples_per_sec']:10.1f} "
+                     f"{r['horovod_samples_per_sec']:10.1f} {r['ddp_samples_per_sec']:10.1f} "
+                     f"{r['hpctrain_vs_horovod']:10.3f}x {r['hpctrain_vs_ddp']:7.3f}x")
+    return "\n".join(lines)
+
+
+def main(args: Any) -> int:
+    models = args.models.split(",")
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        from hpctrain.config import UserError
+
+        raise UserError(f"--models: unknown {', '.join(unknown)}; known: {', '.join(MODELS)}")
+    ranks = [int(v) for v in args.ranks.split(",")]
+    result = compare(models, ranks, args.rounds, args.steps)
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return 0

@@ -1,0 +1,93 @@
+"""`hpctrain scaling run`: the same training at each rank count, locally under mpirun or as Slurm jobs,
+one JSON record per run appended to a records file (read by `hpctrain scaling report`).
+
+weak:   the per-rank batch (train.batch_size) stays as configured; the global batch grows with the ranks.
+strong: the global batch stays ``global_batch``; each rank gets global_batch / ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hpctrain import config as config_mod
+from hpctrain.config import UserError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class StudyError(UserError):
+    """A study cannot run as asked; the message names the option."""
+
+
+def batch_for(mode: str, ranks: int, per_rank: int, global_batch: int) -> int:
+    if mode == "weak":
+        return per_rank
+    if global_batch % ranks:
+        raise StudyError(f"--global-batch {global_batch} does not divide evenly over {ranks} ranks")
+    return global_batch // ranks
+
+
+def launch(ranks: int, train_args: list[str], slurm: bool, log_dir: Path) -> list[str]:
+    hpctrain = str(Path(sys.executable).parent / "hpctrain")
+    if slurm:
+        if shutil.which("sbatch") is None:
+            raise StudyError("--slurm: sbatch not found (on a login node, or after slurm/local/up.sh with SLURM_CONF)")
+        # --wait: sbatch returns when the job ends, with its exit code; the batch script is the one users submit
+        return ["sbatch", "--wait", "--parsable", "--nodes=1", f"--ntasks-per-node={ranks}", "--overcommit",
+                "--job-name=hpctrain-scaling",
+                f"--output={log_dir}/slurm-%j.out", str(REPO / "slurm" / "train.sbatch"), *train_args]
+    over = ["--oversubscribe"] if ranks > (os.cpu_count() or 1) else []
+    return ["mpirun", "-np", str(ranks), *over, hpctrain, "train", *train_args]
+
+
+def record(mode: str, summary: dict[str, Any], command: list[str]) -> dict[str, Any]:
+    keep = ("world_size", "samples_per_sec", "samples_per_sec_per_rank", "step_time_ms", "breakdown_ms",
+            "batch_size", "global_batch_size", "model", "num_parameters", "compression", "launcher")
+    return {"mode": mode, **{k: summary[k] for k in keep if k in summary},
+            "host": {"hostname": platform.node(), "cpus": os.cpu_count()}, "command": " ".join(command),
+            "time": time.time()}
+
+
+def run_study(mode: str, ranks: list[int], config_path: str | None, overrides: list[str], records: Path,
+              global_batch: int | None, repeats: int, slurm: bool) -> list[dict[str, Any]]:
+    if mode not in ("weak", "strong"):
+        raise StudyError(f"--mode: {mode!r} is not weak or strong")
+    if not ranks or min(ranks) < 1:
+        raise StudyError(f"--ranks: expected positive rank counts, got {ranks}")
+    cfg = config_mod.load(config_path, overrides)  # a bad key fails before any run
+    global_batch = global_batch or cfg.train.batch_size * max(ranks)
+    work = records.parent / (records.stem + "-runs")
+    work.mkdir(parents=True, exist_ok=True)
+    out: list[dict[str, Any]] = []
+    for repeat in range(repeats):
+        for p in ranks:
+            batch = batch_for(mode, p, cfg.train.batch_size, global_batch)
+            run_dir = work / f"{mode}-p{p}-r{repeat}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            train_args = [*(["--config", str(Path(config_path).resolve())] if config_path else []), *overrides,
+                          f"train.batch_size={batch}", f"run.dir={run_dir}", "checkpoint.resume=never",
+                          "checkpoint.at_end=false"]
+            cmd = launch(p, train_args, slurm, work)
+            env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+                   "HPCTRAIN_LOG_DIR": str(work / "logs")}
+            print(f"[scaling] {mode} {p} rank(s), batch {batch}/rank, repeat {repeat + 1}/{repeats}", file=sys.stderr,
+                  flush=True)
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            summary_path = run_dir / "summary.json"
+            if proc.returncode != 0 or not summary_path.exists():
+                raise StudyError(f"{mode} run on {p} ranks failed (exit {proc.returncode}): "
+                                 f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:] or ['no output']}"
+                                 f"; logs in {run_dir}")
+            rec = record(mode, json.loads(summary_path.read_text()), cmd)
+            with open(records, "a") as f:  # one write per line: a crash never leaves half a record
+                f.write(json.dumps(rec) + "\n")
+            out.append(rec)
+    return out

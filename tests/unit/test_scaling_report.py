@@ -1,0 +1,204 @@
+import json
+import math
+
+import pytest
+
+from hpctrain.config import UserError
+from hpctrain.scaling import report
+from hpctrain.scaling.report import ScalingError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+BREAKDOWN = {"data": 1.0, "forward_backward": 6.0, "allreduce_wait": 2.0, "optimizer": 0.5}
+
+
+def record(mode, p, step_ms, batch, **extra):
+    """A record as `hpctrain scaling run` writes it: ``batch`` is per rank for weak, global for strong; the
+    throughput follows from the slowest rank's step time (``max``), as hpctrain.metrics computes it."""
+    global_batch = batch * p if mode == "weak" else batch
+    rec = {"mode": mode, "world_size": p, "samples_per_sec": global_batch / (step_ms / 1000),
+           "samples_per_sec_per_rank": {"min": 1.0, "mean": 1.0, "max": 1.0},
+           # min and mean below max: the report must use max, the step time behind samples_per_sec
+           "step_time_ms": {"min": 0.8 * step_ms, "mean": 0.9 * step_ms, "max": step_ms},
+           "batch_size": global_batch // p, "global_batch_size": global_batch, "model": "mlp",
+           "num_parameters": 25_000_000, "compression": "none", "launcher": "mpirun",
+           "host": {"hostname": "node01", "cpus": 32}, "command": f"hpctrain scaling run --mode {mode}",
+           "time": 1.7e9 + p}
+    rec.update(extra)
+    return rec
+
+
+# Strong: global batch 360, X = 100, 180, 300 samples/s -> T = 3600, 2000, 1200 ms. At 2 ranks three repeats
+# (170, 180, 250 samples/s) whose median is 180.
+STRONG = [record("strong", 1, 3600.0, 360),
+          record("strong", 2, 360 / 170 * 1000, 360), record("strong", 2, 2000.0, 360),
+          record("strong", 2, 360 / 250 * 1000, 360),
+          record("strong", 4, 1200.0, 360)]
+# Weak: 32 samples per rank, T = 10, 11, 12.5 ms.
+WEAK = [record("weak", p, t, 32, breakdown_ms=BREAKDOWN) for p, t in ((1, 10.0), (2, 11.0), (4, 12.5))]
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def synthetic_allreduce(alpha, beta, p, impl="horovod"):
+    results = []
+    for k in range(10, 29, 2):  # 1 KiB .. 256 MiB
+        n = 2**k
+        t = 2 * (p - 1) * alpha + 2 * (p - 1) / p * n * beta
+        results.append({"bytes": n, "impl": impl, "time_s": t, "algbw_GBps": n / t / 1e9,
+                        "busbw_GBps": n / t / 1e9 * 2 * (p - 1) / p, "iters": 20})
+    return {"world_size": p, "memcpy_GBps": 10.0, "results": results}
+
+
+def test_strong_efficiency_is_t1_over_p_tp():
+    rows = report.efficiency_table(STRONG, "strong")
+    assert [r["ranks"] for r in rows] == [1, 2, 4]
+    assert [r["runs"] for r in rows] == [1, 3, 1]
+    assert [r["samples_per_sec"] for r in rows] == pytest.approx([100.0, 180.0, 300.0])
+    assert [r["step_time_ms"] for r in rows] == pytest.approx([3600.0, 2000.0, 1200.0])
+    # by hand: T1 / (p * Tp) = 3600/3600, 3600/(2*2000), 3600/(4*1200)
+    assert [r["efficiency"] for r in rows] == pytest.approx([1.0, 0.9, 0.75])
+    assert [r["speedup"] for r in rows] == pytest.approx([1.0, 1.8, 3.0])
+    assert rows[0]["breakdown_ms"] is None and rows[0]["baseline_ranks"] == 1
+
+
+def test_weak_efficiency_is_t1_over_tp():
+    rows = report.efficiency_table(STRONG + WEAK, "weak")
+    assert [r["step_time_ms"] for r in rows] == pytest.approx([10.0, 11.0, 12.5])
+    # by hand: T1 / Tp = 10/10, 10/11, 10/12.5; the same as X_p / (p * X_1) when the per-rank batch is fixed
+    assert [r["efficiency"] for r in rows] == pytest.approx([1.0, 0.909090909, 0.8])
+    assert [r["efficiency"] for r in rows] == pytest.approx([r["samples_per_sec"] / (r["ranks"] * 3200.0)
+                                                             for r in rows])
+    assert rows[2]["speedup"] == pytest.approx(3.2)
+    assert rows[1]["breakdown_ms"] == BREAKDOWN
+
+
+def test_without_a_one_rank_run_the_smallest_is_the_baseline():
+    rows = report.efficiency_table(STRONG[1:], "strong")
+    assert rows[0]["baseline_ranks"] == 2
+    assert [r["efficiency"] for r in rows] == pytest.approx([1.0, 2 * 2000 / (4 * 1200)])
+
+
+def test_a_study_must_hold_its_batch_fixed():
+    mixed = WEAK + [record("weak", 8, 13.0, 64)]
+    with pytest.raises(ScalingError, match="batch_size: the weak-scaling runs use 32, 64"):
+        report.efficiency_table(mixed, "weak")
+    with pytest.raises(ScalingError, match="no strong-scaling records"):
+        report.efficiency_table(WEAK, "strong")
+
+
+@pytest.mark.parametrize("p", [2, 8])
+def test_fit_recovers_alpha_beta_from_exact_timings(p):
+    bench = synthetic_allreduce(20e-6, 1e-9, p)
+    bench["results"].append({"bytes": 4096, "impl": "mpi", "time_s": 1.0})  # another impl: ignored
+    alpha, beta = report.fit_alpha_beta(bench["results"], p)
+    assert alpha == pytest.approx(20e-6, rel=1e-6)
+    assert beta == pytest.approx(1e-9, rel=1e-6)
+
+
+def test_fit_guards():
+    results = synthetic_allreduce(20e-6, 1e-9, 2)["results"]
+    with pytest.raises(ScalingError, match=">= 2 ranks"):
+        report.fit_alpha_beta(results, 1)
+    with pytest.raises(ScalingError, match="1 message size"):
+        report.fit_alpha_beta(results[:1], 2)
+    with pytest.raises(ScalingError, match="impls present: horovod"):
+        report.fit_alpha_beta(results, 2, impl="mpi")
+
+
+def test_predicted_efficiency_by_hand():
+    alpha, beta = report.link_alpha_beta()  # documented defaults: 100 Gb/s, 5 us
+    assert (alpha, beta) == pytest.approx((5e-6, 8 / 100e9))
+    rows = report.predict_efficiency(alpha, beta, model_bytes=1e8, compute_s=0.1, ranks=[1, 2, 8])
+    # p=2: 2*1*5e-6 + 2*1/2 * 1e8 * 8e-11 = 1e-5 + 8e-3;  p=8: 2*7*5e-6 + 2*7/8 * 1e8 * 8e-11 = 7e-5 + 0.014
+    assert [r["comm_s"] for r in rows] == pytest.approx([0.0, 0.00801, 0.01407])
+    assert [r["efficiency"] for r in rows] == pytest.approx([1.0, 0.1 / 0.10801, 0.1 / 0.11407])
+    assert [r["ranks"] for r in report.predict_efficiency(alpha, beta, 1e8, 0.1)] == [
+        8, 16, 32, 64, 128, 256, 512, 1024]
+
+
+def test_write_report(tmp_path):
+    pytest.importorskip("matplotlib")
+    records = write_jsonl(tmp_path / "records.jsonl", STRONG + WEAK)
+    bench = tmp_path / "allreduce.json"
+    bench.write_text(json.dumps(synthetic_allreduce(20e-6, 1e-9, 2)))
+    out = tmp_path / "out"
+    path = report.write_report(records, out, allreduce_json=bench)
+    assert path == out / "report.md"
+    text = path.read_text()
+    assert "| ranks | runs | samples/s | speedup | efficiency | step ms |" in text
+    assert "| 2 | 3 | 180.0 | 1.80 | 90.0% | 2,000.0 |" in text
+    assert "| 4 | 1 | 300.0 | 3.00 | 75.0% | 1,200.0 |" in text
+    assert "| 4 | 1 | 10,240.0 | 3.20 | 80.0% | 12.5 | 1.0 | 6.0 | 2.0 | 0.5 |" in text
+    assert "allreduce_wait ms" in text and "hpctrain scaling run --mode weak" in text and "node01" in text
+    assert "## Communication model (a model, not a measurement)" in text
+    assert "α (latency per ring step) = 20.00 µs" in text
+    assert report.PUBLISHED in text
+    # the model at 512 ranks for (b), by hand: 100 MB fp32 gradients, 10 ms compute (the weak 1-rank step)
+    comm = 2 * 511 * 5e-6 + 2 * 511 / 512 * 1e8 * 8e-11
+    assert f"{0.010 / (0.010 + comm):.1%} |" in text.split("| 512 |")[1].splitlines()[0]
+    for mode in ("strong", "weak"):
+        for kind in ("throughput", "efficiency"):
+            assert f"]({kind}-{mode}.png)" in text
+            assert (out / f"{kind}-{mode}.png").read_bytes().startswith(PNG_MAGIC)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["report.md", "throughput-strong.png", "efficiency-strong.png", "throughput-weak.png",
+         "efficiency-weak.png"])  # no temporary files left behind
+
+
+def test_report_without_allreduce_has_no_model_and_fp16_halves_model_bytes(tmp_path):
+    pytest.importorskip("matplotlib")
+    records = write_jsonl(tmp_path / "records.jsonl", WEAK)
+    text = report.write_report(records, tmp_path / "out").read_text()
+    assert "a model, not a measurement" not in text and "strong" not in text.lower().split("made by")[1]
+    fp16 = write_jsonl(tmp_path / "fp16.jsonl", [dict(r, compression="fp16") for r in WEAK])
+    bench = tmp_path / "allreduce.json"
+    bench.write_text(json.dumps(synthetic_allreduce(20e-6, 1e-9, 2)))
+    text = report.write_report(fp16, tmp_path / "out16", allreduce_json=bench).read_text()
+    assert "25,000,000 parameters × 2 bytes, fp16 gradients" in text
+
+
+def test_an_error_leaves_the_previous_report_untouched(tmp_path):
+    pytest.importorskip("matplotlib")
+    records = write_jsonl(tmp_path / "records.jsonl", WEAK)
+    out = tmp_path / "out"
+    before = report.write_report(records, out).read_bytes()
+    bad = tmp_path / "allreduce.json"
+    bad.write_text(json.dumps({"world_size": 1, "results": []}))
+    with pytest.raises(ScalingError, match=f"{bad}: world_size: 1"):
+        report.write_report(records, out, allreduce_json=bad)
+    assert (out / "report.md").read_bytes() == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("line, fragment", [
+    ("{not json", ":2: not valid JSON"),
+    ('["a list"]', ":2: expected a JSON object"),
+    (json.dumps(record("wek", 2, 11.0, 32)), ":2: mode: 'wek' is not one of"),
+    (json.dumps(record("weak", 2, 11.0, 32, world_size=0)), ":2: world_size: expected a positive integer, got 0"),
+    (json.dumps({k: v for k, v in record("weak", 2, 11.0, 32).items() if k != "samples_per_sec"}),
+     ":2: samples_per_sec: missing"),
+    (json.dumps(record("weak", 2, 11.0, 32, step_time_ms={"mean": 11.0})), ":2: step_time_ms: expected"),
+    (json.dumps(record("weak", 2, 11.0, 32, breakdown_ms={"data": "slow"})), ":2: breakdown_ms: expected"),
+])
+def test_malformed_record_names_file_and_line(tmp_path, line, fragment):
+    path = tmp_path / "records.jsonl"
+    path.write_text(json.dumps(WEAK[0]) + "\n" + line + "\n")
+    with pytest.raises(UserError) as err:
+        report.load_records(path)
+    assert str(err.value).startswith(f"{path}:2: ") and fragment in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_empty_and_mixed_records_files(tmp_path):
+    with pytest.raises(ScalingError, match="records file not found"):
+        report.load_records(tmp_path / "nope.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(ScalingError, match="no records"):
+        report.load_records(tmp_path / "empty.jsonl")
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", WEAK + [record("weak", 8, 13.0, 32, model="cnn")])
+    with pytest.raises(ScalingError, match="model: the records mix 'mlp', 'cnn'"):
+        report.load_records(mixed)
+    assert math.isclose(report.load_records(write_jsonl(tmp_path / "ok.jsonl", WEAK))[1]["step_time_ms"]["max"], 11.0)
