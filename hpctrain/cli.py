@@ -109,7 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     bc.add_argument("--models", default="mlp-21m,cnn", help="comma list of mlp-21m, cnn")
     bc.add_argument("--ranks", default="1,2", help="comma list of rank counts")
     bc.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
-    bc.add_argument("--steps", type=int, default=150, help="steps per run (5 warm-up steps not timed)")
+    bc.add_argument("--steps", type=int, help="steps per run (default: mlp-21m 150, cnn 500; 5 warm-up steps "
+                                               "are not timed)")
     bc.add_argument("--json", help="also write the results to this file")
 
     sub.add_parser("info", help="versions, Horovod build, launcher, rank/size, device, threads (every rank)")

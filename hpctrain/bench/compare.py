@@ -23,6 +23,9 @@ MODELS = {  # name: (registry model, width, depth, per-rank batch)
     "mlp-21m": ("mlp", 2048, 6, 64),
     "cnn": ("cnn", 16, 2, 32),
 }
+# Steps per run unless --steps says otherwise: about 10 s of timed training each on 2 CPU cores, long enough
+# that a few ms of scheduling noise do not decide a ratio.
+STEPS = {"mlp-21m": 150, "cnn": 500}
 IMPLS = ("hpctrain", "horovod", "ddp")
 
 
@@ -65,13 +68,13 @@ def run_once(impl: str, model: str, ranks: int, steps: int) -> float:
         return float(json.loads(line)["samples_per_sec"])
 
 
-def compare(models: list[str], ranks: list[int], rounds: int, steps: int) -> dict[str, Any]:
+def compare(models: list[str], ranks: list[int], rounds: int, steps: int | None) -> dict[str, Any]:
     raw: dict[str, list[float]] = {}
     for r in range(rounds):
         for model in models:
             for p in ranks:
                 for impl in IMPLS:
-                    rate = run_once(impl, model, p, steps)
+                    rate = run_once(impl, model, p, steps or STEPS[model])
                     raw.setdefault(f"{model}|{p}|{impl}", []).append(rate)
                     print(f"  round {r + 1}/{rounds} {model:8s} {p} rank(s) {impl:9s} {rate:10.1f} samples/s",
                           file=sys.stderr, flush=True)
@@ -83,7 +86,8 @@ def compare(models: list[str], ranks: list[int], rounds: int, steps: int) -> dic
                          "hpctrain_vs_horovod": med["hpctrain"] / med["horovod"],
                          "hpctrain_vs_ddp": med["hpctrain"] / med["ddp"],
                          "runs": {i: raw[f"{model}|{p}|{i}"] for i in IMPLS}})
-    return {"rows": rows, "rounds": rounds, "steps": steps, "models": {m: MODELS[m] for m in models},
+    return {"rows": rows, "rounds": rounds, "steps": {m: steps or STEPS[m] for m in models},
+            "models": {m: MODELS[m] for m in models},
             "host": {"hostname": platform.node(), "cpus": os.cpu_count()}, "command": " ".join(sys.argv),
             "time": time.time()}
 
