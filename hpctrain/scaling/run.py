@@ -77,7 +77,8 @@ def run_study(mode: str, ranks: list[int], config_path: str | None, overrides: l
                           "checkpoint.at_end=false"]
             cmd = launch(p, train_args, slurm, work)
             env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-                   "HPCTRAIN_LOG_DIR": str(work / "logs")}
+                   "HPCTRAIN_LOG_DIR": str(work / "logs"),  # read by slurm/train.sbatch, as is the next one
+                   "HPCTRAIN_BIN": str(Path(sys.executable).parent / "hpctrain")}
             print(f"[scaling] {mode} {p} rank(s), batch {batch}/rank, repeat {repeat + 1}/{repeats}", file=sys.stderr,
                   flush=True)
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)

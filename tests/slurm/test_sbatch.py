@@ -132,3 +132,12 @@ def test_scaling_sbatch_runs_each_rank_count_in_one_allocation(job_env, tmp_path
         s = json.loads((out / f"ranks-{ranks}" / "summary.json").read_text())
         assert s["world_size"] == ranks and s["global_batch_size"] == 64 and s["steps"] == 100
     assert [ln.split()[0] for ln in table.splitlines()[-2:]] == ["1", "2"]
+
+
+def test_scaling_run_through_slurm(job_env, tmp_path):
+    """`hpctrain scaling run --slurm`: each point is an `sbatch --wait slurm/train.sbatch` job."""
+    records = tmp_path / "weak.jsonl"
+    sh([HPCTRAIN, "scaling", "run", "--slurm", "--mode", "weak", "--ranks", "1,2", "--out", str(records),
+        "train.steps=30", "run.log_every=10"], job_env)
+    recs = [json.loads(ln) for ln in records.read_text().splitlines()]
+    assert [(r["world_size"], r["launcher"]) for r in recs] == [(1, "slurm"), (2, "slurm")]
