@@ -59,12 +59,23 @@ class TrainConfig:
     batch_size: int = _f(32, "samples per rank per step (global batch = batch_size x world size)")
     seed: int = _f(1234, "seed for model init, data order and every rank's RNG")
     warmup_steps: int = _f(5, "steps excluded from throughput figures (warm-up, first all-reduce negotiation)")
+    precision: Literal["fp32", "bf16", "fp16"] = _f(
+        "fp32", "autocast precision of forward/backward; fp16 adds a loss scaler (overflow steps skipped on all ranks)")
+    loss_scale: float = _f(65536.0, "fp16: initial loss scale (halved on overflow, grown after 2000 good steps)")
+    grad_accum: int = _f(1, "micro-batches per step: the batch is split in this many backward passes and "
+                            "all-reduced once (Horovod backward_passes_per_step)")
+    clip_norm: float = _f(0.0, "clip the averaged gradients to this global L2 norm (0 = no clipping)")
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "train.steps", "must be >= 1")
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _check(self.seed >= 0, "train.seed", "must be >= 0")
         _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _check(self.loss_scale > 0, "train.loss_scale", "must be > 0")
+        _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+        _check(self.batch_size % self.grad_accum == 0, "train.grad_accum",
+               f"must divide train.batch_size={self.batch_size} (each micro-batch is batch_size / grad_accum)")
+        _check(self.clip_norm >= 0, "train.clip_norm", "must be >= 0")
 
 
 @dataclass
@@ -129,15 +140,30 @@ class EvalConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["sgd", "adamw"] = _f("sgd", "optimizer")
-    lr: float = _f(0.05, "learning rate (as given: not scaled by world size)")
-    momentum: float = _f(0.9, "SGD momentum")
+    name: Literal["sgd", "adamw", "lamb", "lars"] = _f("sgd", "optimizer (lamb, lars: layer-wise trust ratios for "
+                                                            "large batches)")
+    lr: float = _f(0.05, "peak learning rate before scaling (see optim.lr_scaling)")
+    momentum: float = _f(0.9, "SGD and LARS momentum")
+    nesterov: bool = _f(False, "SGD: Nesterov momentum")
     weight_decay: float = _f(0.0, "weight decay")
+    lr_scaling: Literal["none", "linear", "sqrt"] = _f(
+        "none", "scale optim.lr by the world size: linear (SGD, Goyal et al.) or sqrt (adaptive optimizers)")
+    warmup_steps: int = _f(0, "steps of linear warm-up to the (scaled) peak learning rate")
+    decay: Literal["constant", "cosine", "poly", "step"] = _f("constant", "learning-rate decay after warm-up")
+    min_lr: float = _f(0.0, "cosine/poly: learning rate at the last step")
+    power: float = _f(1.0, "poly: exponent")
+    step_size: int = _f(0, "step: decay every N steps after warm-up")
+    gamma: float = _f(0.1, "step: multiply by this at every decay")
 
     def __post_init__(self) -> None:
         _check(self.lr > 0 and math.isfinite(self.lr), "optim.lr", "must be a positive number")
         _check(0.0 <= self.momentum < 1.0, "optim.momentum", "must be in [0, 1)")
         _check(self.weight_decay >= 0.0, "optim.weight_decay", "must be >= 0")
+        _check(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+        _check(self.min_lr >= 0.0, "optim.min_lr", "must be >= 0")
+        _check(self.decay != "step" or self.step_size >= 1, "optim.step_size", "must be >= 1 with decay = \"step\"")
+        _check(not self.nesterov or (self.name == "sgd" and self.momentum > 0), "optim.nesterov",
+               "needs optim.name = \"sgd\" and optim.momentum > 0")
 
 
 @dataclass

@@ -7,14 +7,19 @@ import torch
 from torch import nn
 
 from hpctrain.config import CommConfig, OptimConfig
+from hpctrain.optimizers import LAMB, LARS
 
 
 def base_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     if cfg.name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                weight_decay=cfg.weight_decay)
     if cfg.name == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.name == "lamb":
+        return LAMB(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.name == "lars":
+        return LARS(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.name!r}")  # config validation makes this unreachable
 
 
@@ -22,13 +27,15 @@ def compression(comm: CommConfig) -> type:
     return hvd.Compression.fp16 if comm.compression == "fp16" else hvd.Compression.none
 
 
-def build(model: nn.Module, cfg: OptimConfig, comm: CommConfig) -> torch.optim.Optimizer:
-    """The configured optimizer, wrapped so gradients are averaged across ranks by ring all-reduce."""
+def build(model: nn.Module, cfg: OptimConfig, comm: CommConfig, backward_passes: int = 1) -> torch.optim.Optimizer:
+    """The configured optimizer, wrapped so gradients are averaged across ranks by ring all-reduce, once
+    every ``backward_passes`` backward passes (gradient accumulation)."""
     return hvd.DistributedOptimizer(  # dist: all-reduce each gradient as soon as backward produces it
         base_optimizer(model, cfg),
         named_parameters=model.named_parameters(),
         compression=compression(comm),
         op=hvd.Average,
+        backward_passes_per_step=backward_passes,
     )
 
 

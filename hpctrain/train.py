@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import hpctrain
-from hpctrain import checkpoint, models, optim, runtime
+from hpctrain import checkpoint, models, optim, runtime, schedule
 from hpctrain import config as config_mod
 from hpctrain.checkpoint import Checkpointer, CheckpointError, StopFlag, Watchdog, capture_rng, restore_rng
 from hpctrain.config import Config, ConfigError, DataConfig, UserError
@@ -130,7 +130,12 @@ class Trainer:
         self.world_sizes: list[int] = []  # elastic: the world size after each (re)start of the loop
         seed_everything(cfg.train.seed)  # same initial weights on every rank, before the broadcast
         self.model = models.build(cfg.model).to(rt.device)
-        self.optimizer = optim.build(self.model, cfg.optim, cfg.comm)
+        self.optimizer = optim.build(self.model, cfg.optim, cfg.comm, cfg.train.grad_accum)
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.precision]
+        self.scaler = (torch.amp.GradScaler(rt.device.type, init_scale=cfg.train.loss_scale)
+                       if cfg.train.precision == "fp16" else None)
+        self.skipped_steps = 0  # fp16: steps whose gradients overflowed (skipped alike on every rank)
+        self.grad_norm: float | None = None  # train.clip_norm: the last step's norm before clipping
         seed_everything(rank_seed(cfg.train.seed, rt.rank))  # dist: per-rank randomness from here on
         self.step = 0
         self.phase_s = np.zeros(len(PHASES))  # this step's seconds in each phase (see train_step)
@@ -160,7 +165,8 @@ class Trainer:
         """(tensors, JSON state) of a checkpoint; a collective (every rank's RNG state is gathered)."""
         rngs = hvd.allgather_object(capture_rng(), name="hpctrain.rng")  # dist
         tensors = {"model.pt": self.model.state_dict(), "optimizer.pt": self.optimizer.state_dict(),
-                   "extra.pt": {"rng": rngs, "lr_scheduler": {}, "loss_scaler": {}}}
+                   "extra.pt": {"rng": rngs, "lr_scheduler": {},  # the schedule is a function of the step
+                                "loss_scaler": self.scaler.state_dict() if self.scaler else {}}}
         state = {"step": self.step, "world_size": self.rt.size, "batch_size": self.cfg.train.batch_size,
                  "data": self.data.state_dict(), "first_loss": self.metrics.first_loss,
                  "config": config_mod.to_dict(self.cfg),
@@ -181,6 +187,8 @@ class Trainer:
             raise CheckpointError(f"{path}: does not fit this run ({e}); resume with the config it was "
                                   "written with, or start fresh with --resume never", agreed=True) from None
         rngs = tensors["extra.pt"]["rng"]
+        if self.scaler and tensors["extra.pt"].get("loss_scaler"):
+            self.scaler.load_state_dict(tensors["extra.pt"]["loss_scaler"])
         if state["world_size"] == self.rt.size:
             restore_rng(rngs[self.rt.rank])
         else:  # a new rank layout: fresh per-rank streams, still a function of (seed, rank, step)
@@ -209,21 +217,51 @@ class Trainer:
             log.warning("%s (checkpoint.on_error=continue: training goes on without this checkpoint)", error)
 
     def train_step(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """One optimizer step; records how long each phase took in ``self.phase_s`` (the step-time breakdown:
-        a few clock reads, cheap enough to leave on). On a GPU the phases are those of the host thread."""
+        """One optimizer step over ``train.grad_accum`` micro-batches; records how long each phase took in
+        ``self.phase_s`` (the step-time breakdown: a few clock reads, cheap enough to leave on). On a GPU the
+        phases are those of the host thread."""
+        cfg = self.cfg.train
         t0 = time.perf_counter()
+        schedule.apply_lr(self.optimizer, self.lr_at(self.step))
         self.optimizer.zero_grad()
-        loss = models.loss_fn(self.model(inputs), target)
-        loss.backward()  # dist: gradients are all-reduced in the background as they are produced
+        losses = []
+        for x, y in zip(inputs.chunk(cfg.grad_accum), target.chunk(cfg.grad_accum), strict=True):
+            with torch.autocast(self.rt.device.type, dtype=self.autocast_dtype or torch.float32,
+                                enabled=self.autocast_dtype is not None):
+                loss = self.loss(x, y)
+            losses.append(loss.detach())
+            scaled = loss / cfg.grad_accum  # the mean over the whole batch, as one backward over it would give
+            # dist: gradients are all-reduced in the background after the last micro-batch's backward
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         t1 = time.perf_counter()
         self.watchdog.enter("all-reduce")
-        self.optimizer.synchronize()  # dist: wait for the all-reduces that backward started
+        self.optimizer.synchronize()  # dist: wait for the all-reduces; from here gradients are equal on all ranks
         t2 = time.perf_counter()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)  # after synchronize: every rank sees the same inf/nan
+        if cfg.clip_norm:
+            self.grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm))
         with self.optimizer.skip_synchronize():
-            self.optimizer.step()
+            if self.scaler:
+                scale = self.scaler.get_scale()
+                self.scaler.step(self.optimizer)  # skipped when the averaged gradients overflowed: on all ranks
+                self.scaler.update()
+                self.skipped_steps += self.scaler.get_scale() < scale
+            else:
+                self.optimizer.step()
         t3 = time.perf_counter()
         self.phase_s[1:] = (t1 - t0, t2 - t1, t3 - t2)
-        return loss
+        return torch.stack(losses).mean()
+
+    def loss(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The training loss of one micro-batch (a subclass may add terms, as distillation does)."""
+        return models.loss_fn(self.model(inputs), target)
+
+    def lr_at(self, step: int) -> float:
+        o = self.cfg.optim
+        peak = schedule.scaled_lr(o.lr, self.rt.size, o.lr_scaling)
+        return schedule.lr_at(step, peak, self.cfg.train.steps, o.warmup_steps, o.decay, o.min_lr, o.power,
+                              o.step_size, o.gamma)
 
     def train(self) -> dict[str, Any]:
         self.model.train()
@@ -373,6 +411,13 @@ class Trainer:
         extra["resumed_from"] = str(self.resumed_from) if self.resumed_from else None
         if self.cfg.fault.elastic:
             extra["elastic_world_sizes"] = self.world_sizes
+        extra["precision"] = self.cfg.train.precision
+        # dist: per-rank values that must agree: a difference would mean the ranks took different decisions
+        per_rank = hvd.allgather_object((self.skipped_steps, self.grad_norm,
+                                         self.scaler.get_scale() if self.scaler else None), name="hpctrain.amp")
+        extra["skipped_steps_per_rank"] = [r[0] for r in per_rank]
+        extra["grad_norm_per_rank"] = [r[1] for r in per_rank]
+        extra["loss_scale_per_rank"] = [r[2] for r in per_rank]
         self._wait_for_checkpoint()  # the summary counts an async checkpoint once it is on disk
         extra["checkpoints"] = {"written": self.checkpointer.stats.count,
                                 "stall_s": self.checkpointer.stats.stall_s,
