@@ -163,6 +163,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config, overrides)  # all validation before any rank communicates
     from hpctrain import runtime, train
 
+    if cfg.run.timeline:  # Horovod reads it at hvd.init() and writes it from rank 0
+        Path(cfg.run.dir).mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("HOROVOD_TIMELINE", str(Path(cfg.run.dir).resolve() / "horovod-timeline.json"))
     rt = runtime.init(cfg.comm, watchdog_s=cfg.fault.watchdog_s, elastic=cfg.fault.elastic)
     runtime.setup_logging(rt.rank, rt.size, cfg.run.log_all_ranks)
     summary = train.run(cfg, rt)

@@ -47,6 +47,9 @@ class RunConfig:
     log_every: int = _f(10, "log loss and throughput every N steps (also the metrics.jsonl cadence)")
     log_all_ranks: bool = _f(False, "log INFO messages from every rank, not only rank 0")
     progress: Literal["auto", "on", "off"] = _f("auto", "progress bar on rank 0: auto = when stderr is a terminal")
+    tensorboard: bool = _f(True, "write TensorBoard event files to <run.dir>/tensorboard (rank 0)")
+    timeline: bool = _f(False, "record a Horovod timeline to <run.dir>/horovod-timeline.json (large; for profiling)")
+    report: bool = _f(True, "write <run.dir>/report.md and loss.png at the end of the run")
 
     def __post_init__(self) -> None:
         _check(self.dir != "", "run.dir", "must not be empty")
@@ -217,6 +220,18 @@ class FaultConfig:
 
 
 @dataclass
+class DistillConfig:
+    teacher: str = _f("", "knowledge distillation: checkpoint directory of the teacher (its model config is "
+                          "read from the checkpoint); empty = no distillation")
+    temperature: float = _f(2.0, "softmax temperature of the soft targets")
+    alpha: float = _f(0.5, "weight of the soft-target loss; 1 - alpha weighs the hard-label loss")
+
+    def __post_init__(self) -> None:
+        _check(self.temperature > 0, "distill.temperature", "must be > 0")
+        _check(0.0 <= self.alpha <= 1.0, "distill.alpha", "must be in [0, 1]")
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -227,6 +242,7 @@ class Config:
     comm: CommConfig = field(default_factory=CommConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
         # Staging waits for the node's local rank 0; a worker joining an elastic run cannot wait with the others.

@@ -89,6 +89,11 @@ class Metrics:
         self._measured_phases = np.zeros(len(PHASES))
         self._started = time.time()
         self._jsonl = open(run_dir / "metrics.jsonl", "a") if rt.is_root else None  # noqa: SIM115
+        self._tb = None
+        if rt.is_root and cfg.tensorboard:
+            from hpctrain.tboard import TensorBoardLog
+
+            self._tb = TensorBoardLog(run_dir / "tensorboard")
         show = cfg.progress == "on" or (cfg.progress == "auto" and sys.stderr.isatty())
         self._bar = None
         if rt.is_root and show:
@@ -164,6 +169,8 @@ class Metrics:
         if self._jsonl is not None:
             self._jsonl.write(json.dumps(record) + "\n")
             self._jsonl.flush()
+        if self._tb is not None:
+            self._tb.scalars(step, record)
         if self._bar is not None:
             self._bar.set_postfix(loss=f"{mean_loss:.4f}", sps=f"{record['samples_per_sec']:.0f}")
         elif self.rt.is_root:
@@ -184,6 +191,8 @@ class Metrics:
         if self._jsonl is not None:
             self._jsonl.write(json.dumps(record) + "\n")
             self._jsonl.flush()
+        if self._tb is not None:
+            self._tb.scalars(step, record, prefix="val")
         if self.rt.is_root and self._bar is None:
             log.info("step %d validation: %s", step, "  ".join(
                 f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
@@ -217,6 +226,9 @@ class Metrics:
         return summary
 
     def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
         if self._bar is not None:
             self._bar.close()
             self._bar = None

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import hpctrain
-from hpctrain import checkpoint, models, optim, runtime, schedule
+from hpctrain import checkpoint, distill, models, optim, runtime, schedule
 from hpctrain import config as config_mod
 from hpctrain.checkpoint import Checkpointer, CheckpointError, StopFlag, Watchdog, capture_rng, restore_rng
 from hpctrain.config import Config, ConfigError, DataConfig, UserError
@@ -134,6 +134,7 @@ class Trainer:
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.precision]
         self.scaler = (torch.amp.GradScaler(rt.device.type, init_scale=cfg.train.loss_scale)
                        if cfg.train.precision == "fp16" else None)
+        self.teacher = load_teacher(cfg.distill.teacher, rt) if cfg.distill.teacher else None
         self.skipped_steps = 0  # fp16: steps whose gradients overflowed (skipped alike on every rank)
         self.grad_norm: float | None = None  # train.clip_norm: the last step's norm before clipping
         seed_everything(rank_seed(cfg.train.seed, rt.rank))  # dist: per-rank randomness from here on
@@ -254,8 +255,13 @@ class Trainer:
         return torch.stack(losses).mean()
 
     def loss(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The training loss of one micro-batch (a subclass may add terms, as distillation does)."""
-        return models.loss_fn(self.model(inputs), target)
+        """The training loss of one micro-batch: the model's own, or mixed with a teacher's soft targets."""
+        if self.teacher is None:
+            return models.loss_fn(self.model(inputs), target)
+        with torch.no_grad():
+            soft = self.teacher(inputs)
+        d = self.cfg.distill
+        return distill.distillation_loss(self.model(inputs), soft, target, d.temperature, d.alpha)
 
     def lr_at(self, step: int) -> float:
         o = self.cfg.optim
@@ -496,6 +502,23 @@ def select_resume(resume: str, root: Path, rt: Runtime) -> Path | None:
     return Path(path) if path else None
 
 
+def load_teacher(path: str, rt: Runtime) -> torch.nn.Module:
+    """The distillation teacher: a verified checkpoint, built from the model config saved in it (every rank
+    reads the same files; a bad path fails on every rank alike)."""
+    ckpt = Path(path)
+    if not (ckpt / checkpoint.MANIFEST).exists() and checkpoint.candidates(ckpt):
+        ckpt = checkpoint.latest_good(ckpt)[0] or ckpt  # a checkpoints directory: its newest good one
+    reason = checkpoint.verify(ckpt)
+    if reason is not None:
+        raise CheckpointError(f"distill.teacher {path}: {reason}", agreed=True)
+    tensors, state = checkpoint.load(ckpt)
+    teacher = models.build(config_mod.from_dict(state["config"], str(ckpt)).model).to(rt.device)
+    teacher.load_state_dict(tensors["model.pt"])
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
 def run(cfg: Config, rt: Runtime) -> dict[str, Any]:
     trainer = Trainer(cfg, rt)
     try:
@@ -503,5 +526,9 @@ def run(cfg: Config, rt: Runtime) -> dict[str, Any]:
     finally:
         trainer.close()
     if rt.is_root and not summary.get("preempted"):
+        if cfg.run.report:
+            from hpctrain.run_report import write_run_report
+
+            write_run_report(trainer.run_dir)
         log.info("done\n%s", describe_summary(summary, trainer.run_dir))
     return summary
