@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from hpctrain.config import RunConfig
+from hpctrain.files import write_atomic
 from hpctrain.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -37,17 +37,7 @@ def params_sha256(model: nn.Module) -> str:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write then rename, so a reader never sees half a file and a crash leaves the old one."""
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 # The step-time breakdown, in the order Trainer measures it: reading the batch, forward + backward (the

@@ -14,25 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from hpctrain.config import UserError
+from hpctrain.files import write_atomic
 
 PHASES = ("data", "forward_backward", "allreduce_wait", "optimizer")  # as hpctrain.metrics.PHASES
 
 
 class RunReportError(UserError):
     """metrics.jsonl or summary.json is missing or malformed; the message names the file."""
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write then rename, so a reader never sees half a file and a crash leaves the old one."""
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _read_text(path: Path) -> str:
@@ -180,7 +168,7 @@ def write_run_report(run_dir: str | os.PathLike[str]) -> Path:
     run_dir = Path(run_dir)
     train, val = _read_metrics(run_dir / "metrics.jsonl")
     summary = _read_summary(run_dir / "summary.json")
-    _write_atomic(run_dir / "loss.png", _plot_loss(train, val))
+    write_atomic(run_dir / "loss.png", _plot_loss(train, val))
     report = run_dir / "report.md"
-    _write_atomic(report, _render(summary, train, val, "loss.png").encode())
+    write_atomic(report, _render(summary, train, val, "loss.png").encode())
     return report

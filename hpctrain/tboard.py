@@ -35,8 +35,8 @@ class TensorBoardLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise TensorBoardError("TensorBoard logging needs the tensorboard package: "
-                                   "pip install tensorboard==2.21.0") from None
+            raise TensorBoardError("run.tensorboard: TensorBoard logging needs the tensorboard package: "
+                                   "pip install tensorboard==2.21.0, or set run.tensorboard = false") from None
         self._writer = SummaryWriter(log_dir=os.fspath(log_dir))
 
     def scalars(self, step: int, values: dict[str, Any], prefix: str = "train") -> None:

@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import math
-import os
 import statistics
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from hpctrain.config import UserError
+from hpctrain.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -376,22 +376,10 @@ def write_report(records_path: str | Path, out_dir: str | Path, allreduce_json: 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, data in files.items():  # report.md last: dicts keep insertion order
-            _write_atomic(out_dir / name, data)
+            write_atomic(out_dir / name, data)
     except OSError as e:
         raise ScalingError(f"{out_dir}: cannot write the report ({e.strerror or e})") from None
     return out_dir / "report.md"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _plots(mode: str, rows: list[dict[str, Any]]) -> tuple[bytes, bytes]:
