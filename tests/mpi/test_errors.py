@@ -7,7 +7,8 @@ def test_bad_config_key_exits_2_on_one_rank(tmp_path):
     proc = run([HPCTRAIN, "train", "optim.lrr=0.1", f"run.dir={tmp_path}"], check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("hpctrain: error: optim.lrr: unknown key; valid keys in [optim]: "
-                                   "name, lr, momentum, weight_decay")
+                                   "name, lr, momentum, nesterov, weight_decay, lr_scaling, warmup_steps, decay, "
+                                   "min_lr, power, step_size, gamma")
     assert not any(tmp_path.iterdir())  # nothing written
 
 
