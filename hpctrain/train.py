@@ -455,6 +455,7 @@ def describe_summary(summary: dict[str, Any], run_dir: Path) -> str:
     """The few lines a person reads at the end of a run."""
     rate = summary["samples_per_sec"]
     per_rank = summary["samples_per_sec_per_rank"]["mean"]
+    phases = "  ".join(f"{k} {summary['breakdown_ms'][k]:.2f}" for k in PHASES)
     val = ""
     if "val_loss" in summary:
         val = f"  validation loss {summary['val_loss']:.4f}"
@@ -466,8 +467,8 @@ def describe_summary(summary: dict[str, Any], run_dir: Path) -> str:
             f"  loss {summary['initial_loss']:.4f} -> {summary['final_loss']:.4f}\n{val}"
             f"  throughput {rate:,.0f} samples/s global, {per_rank:,.0f} samples/s per rank, "
             f"step {summary['step_time_ms']['mean']:.1f} ms (after {summary['warmup_steps']} warm-up steps)\n"
-            f"  step time ms: {'  '.join(f'{k} {v:.2f}' for k, v in summary['breakdown_ms'].items())}\n"
-            f"  outputs in {run_dir}/: metrics.jsonl, summary.json, config.toml, model.pt\n"
+            f"  step time ms: {phases}\n"
+            f"  outputs in {run_dir}/: metrics.jsonl, summary.json, config.toml, model.pt, report.md, tensorboard/\n"
             f"  params_sha256 {summary['params_sha256']}")
 
 
