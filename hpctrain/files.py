@@ -1,10 +1,14 @@
-"""Atomic file writes: write a temporary file beside the target, fsync, rename over it. A reader never sees
-half a file, and a crash or a full disk leaves the previous version in place."""
+"""Files written atomically (a temporary file beside the target, fsynced, renamed over it: a reader never
+sees half a file, and a crash or a full disk leaves the previous version), and text or JSON Lines files read
+with one-line errors naming the file and line."""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -17,3 +21,25 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_text(path: Path, error: type[Exception], missing: str = "not found") -> str:
+    """The text of ``path``; what cannot be read raises ``error`` with one line naming the file."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise error(f"{path}: {missing}") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a text file") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror})") from None
+
+
+def read_jsonl(path: Path, error: type[Exception], missing: str = "not found") -> Iterator[tuple[str, Any]]:
+    """(``file:line``, value) for every non-blank line of a JSON Lines file; ``error`` names the bad line."""
+    for n, line in enumerate(read_text(path, error, missing).splitlines(), 1):
+        if line.strip():
+            try:
+                yield f"{path}:{n}", json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None

@@ -14,24 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from hpctrain.config import UserError
-from hpctrain.files import write_atomic
+from hpctrain.files import read_jsonl, read_text, write_atomic
+
+MISSING = "not found (is this a run directory?)"
 
 PHASES = ("data", "forward_backward", "allreduce_wait", "optimizer")  # as hpctrain.metrics.PHASES
 
 
 class RunReportError(UserError):
     """metrics.jsonl or summary.json is missing or malformed; the message names the file."""
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        raise RunReportError(f"{path}: not found (is this a run directory?)") from None
-    except UnicodeDecodeError:
-        raise RunReportError(f"{path}: not a text file") from None
-    except OSError as e:
-        raise RunReportError(f"{path}: cannot read ({e.strerror})") from None
 
 
 def _is_number(x: Any) -> bool:
@@ -41,14 +32,7 @@ def _is_number(x: Any) -> bool:
 def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Training records (with ``loss``) and validation records (with ``val_*`` keys), in file order."""
     train, val = [], []
-    for n, line in enumerate(_read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RunReportError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    for where, record in read_jsonl(path, RunReportError, MISSING):
         if not isinstance(record, dict):
             raise RunReportError(f"{where}: expected a JSON object, got {type(record).__name__}")
         if not isinstance(record.get("step"), int) or isinstance(record["step"], bool):
@@ -66,7 +50,7 @@ def _read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]
 
 def _read_summary(path: Path) -> dict[str, Any]:
     try:
-        summary = json.loads(_read_text(path))
+        summary = json.loads(read_text(path, RunReportError, MISSING))
     except json.JSONDecodeError as e:
         raise RunReportError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     if not isinstance(summary, dict):

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from hpctrain.config import UserError
-from hpctrain.files import write_atomic
+from hpctrain.files import read_jsonl, read_text, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -58,23 +58,8 @@ def load_records(path: str | Path) -> list[dict[str, Any]]:
             line), or the records mix models or compression settings.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ScalingError(f"{path}: records file not found") from None
-    except UnicodeDecodeError:
-        raise ScalingError(f"{path}: not a text file of JSON records") from None
-    except OSError as e:
-        raise ScalingError(f"{path}: cannot read records ({e.strerror})") from None
     records = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ScalingError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    for where, record in read_jsonl(path, ScalingError, missing="records file not found"):
         _check_record(record, where)
         records.append(record)
     if not records:
@@ -284,13 +269,9 @@ def predict_efficiency(alpha: float, beta: float, model_bytes: float, compute_s:
 
 def _load_allreduce(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ScalingError(f"{path}: all-reduce benchmark file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = json.loads(read_text(path, ScalingError, missing="all-reduce benchmark file not found"))
+    except json.JSONDecodeError as e:
         raise ScalingError(f"{path}: not valid JSON ({e})") from None
-    except OSError as e:
-        raise ScalingError(f"{path}: cannot read ({e.strerror})") from None
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
         raise ScalingError(f"{path}: results: missing; expected the JSON of `hpctrain bench allreduce --json`")
     return data
