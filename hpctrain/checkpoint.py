@@ -145,6 +145,18 @@ def latest_good(root: Path) -> tuple[Path | None, list[str]]:
     return None, skipped
 
 
+def resolve(path: Path) -> tuple[Path | None, str | None]:
+    """A checkpoint the user named: ``path`` itself, or for a checkpoints directory its newest good one
+    (logging why newer ones were passed over). (checkpoint, None) if it verifies, else (None, why not)."""
+    if path.is_dir() and not (path / MANIFEST).exists() and candidates(path):
+        newest, skipped = latest_good(path)  # verified already: no second pass over the files
+        for reason in skipped:
+            log.warning("passing over %s", reason)
+        return (newest, None) if newest is not None else (None, "no good checkpoint in it")
+    reason = verify(path)
+    return (path, None) if reason is None else (None, reason)
+
+
 def load(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Tensors and train state of a verified checkpoint; never unpickles arbitrary objects."""
     try:

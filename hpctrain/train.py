@@ -392,8 +392,11 @@ class Trainer:
     def finish(self) -> dict[str, Any]:
         """Summary on every rank (collective); rank 0 writes summary.json and the final weights."""
         digest = params_sha256(self.model)
-        # dist: replicas must end identical; a difference means a broken broadcast or a lost update somewhere
-        digests = hvd.allgather_object(digest, name="hpctrain.params_sha256")
+        # dist: per-rank values that must agree (the parameters; fp16 skipped steps and loss scale; the clipped
+        # norm): a difference means a broken broadcast, a lost update or ranks that took different decisions
+        per_rank = hvd.allgather_object((digest, self.skipped_steps, self.grad_norm,
+                                         self.scaler.get_scale() if self.scaler else None), name="hpctrain.final")
+        digests = [r[0] for r in per_rank]
         if len(set(digests)) > 1 and self.rt.is_root:
             log.error("parameters differ between ranks at the end (ranks %s differ from rank 0)",
                       [r for r, d in enumerate(digests) if d != digest])
@@ -418,12 +421,9 @@ class Trainer:
         if self.cfg.fault.elastic:
             extra["elastic_world_sizes"] = self.world_sizes
         extra["precision"] = self.cfg.train.precision
-        # dist: per-rank values that must agree: a difference would mean the ranks took different decisions
-        per_rank = hvd.allgather_object((self.skipped_steps, self.grad_norm,
-                                         self.scaler.get_scale() if self.scaler else None), name="hpctrain.amp")
-        extra["skipped_steps_per_rank"] = [r[0] for r in per_rank]
-        extra["grad_norm_per_rank"] = [r[1] for r in per_rank]
-        extra["loss_scale_per_rank"] = [r[2] for r in per_rank]
+        extra["skipped_steps_per_rank"] = [r[1] for r in per_rank]
+        extra["grad_norm_per_rank"] = [r[2] for r in per_rank]
+        extra["loss_scale_per_rank"] = [r[3] for r in per_rank]
         self._wait_for_checkpoint()  # the summary counts an async checkpoint once it is on disk
         extra["checkpoints"] = {"written": self.checkpointer.stats.count,
                                 "stall_s": self.checkpointer.stats.stall_s,
@@ -489,12 +489,7 @@ def select_resume(resume: str, root: Path, rt: Runtime) -> Path | None:
                 log.warning("not resuming from %s", reason)
             choice = (str(path) if path else None, None)
         else:
-            path = Path(resume)
-            if path.is_dir() and not (path / checkpoint.MANIFEST).exists() and checkpoint.candidates(path):
-                path, skipped = checkpoint.latest_good(path)  # a checkpoints directory: its newest good one
-                for reason in skipped:
-                    log.warning("not resuming from %s", reason)
-            reason = "no good checkpoint in it" if path is None else checkpoint.verify(path)
+            path, reason = checkpoint.resolve(Path(resume))
             choice = (str(path), None) if reason is None else (None, f"--resume {resume}: {reason}")
     # dist: elastic ranks each choose (the same files, the same choice) since a joining worker may not broadcast
     path, error = choice if rt.elastic else hvd.broadcast_object(choice, root_rank=0, name="hpctrain.resume")
@@ -506,11 +501,8 @@ def select_resume(resume: str, root: Path, rt: Runtime) -> Path | None:
 def load_teacher(path: str, rt: Runtime) -> torch.nn.Module:
     """The distillation teacher: a verified checkpoint, built from the model config saved in it (every rank
     reads the same files; a bad path fails on every rank alike)."""
-    ckpt = Path(path)
-    if not (ckpt / checkpoint.MANIFEST).exists() and checkpoint.candidates(ckpt):
-        ckpt = checkpoint.latest_good(ckpt)[0] or ckpt  # a checkpoints directory: its newest good one
-    reason = checkpoint.verify(ckpt)
-    if reason is not None:
+    ckpt, reason = checkpoint.resolve(Path(path))
+    if ckpt is None:
         raise CheckpointError(f"distill.teacher {path}: {reason}", agreed=True)
     tensors, state = checkpoint.load(ckpt)
     teacher = models.build(config_mod.from_dict(state["config"], str(ckpt)).model).to(rt.device)
