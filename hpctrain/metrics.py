@@ -96,8 +96,6 @@ class Metrics:
         throughput is measured afresh, so the summary's figures are those of the final world."""
         self.rt = rt
         self._measure_from(step)
-        self._measured_steps = 0
-        self._measured_phases[:] = 0
         if rt.is_root and self._jsonl is None:
             self._jsonl = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115
         elif not rt.is_root and self._jsonl is not None:
@@ -118,6 +116,8 @@ class Metrics:
         self._warmup_steps = min(self.warmup_steps, self.total_steps - step - 1)
         self._warmup_end = step + self._warmup_steps
         self._measure_start = now if self._warmup_steps <= 0 else None
+        self._measured_steps = 0
+        self._measured_phases[:] = 0
 
     def step_done(self, step: int, loss: torch.Tensor, lr: float, phases: np.ndarray | None = None) -> None:
         """Record one finished step (1-based ``step``) and its seconds per phase (:data:`PHASES`); at log
