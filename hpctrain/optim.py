@@ -11,11 +11,13 @@ from hpctrain.optimizers import LAMB, LARS
 
 
 def base_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    # fused: None (not False) lets PyTorch pick its default kernel when the fused one is not asked for
+    fused = True if cfg.fused else None
     if cfg.name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
+                               weight_decay=cfg.weight_decay, fused=fused)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     if cfg.name == "lamb":
         return LAMB(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.name == "lars":
