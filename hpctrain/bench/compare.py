@@ -1,9 +1,10 @@
 """`hpctrain bench compare`: hpctrain against a minimal raw Horovod loop and PyTorch DDP (torchrun), side by side.
 
-The same model, synthetic data, per-rank batch and threads per rank for all three; runs interleaved
-(every implementation once per round, rounds repeated) so drifting machine load hits all of them alike; the
-median of the rounds is reported with the ratios hpctrain/raw-Horovod and hpctrain/DDP. Two models: a
-communication-heavy MLP (large dense layers, ~21M parameters) and a compute-heavy CNN (convolutions).
+The same model, synthetic data, per-rank batch, threads per rank and SGD kernel for all three; runs
+interleaved (every implementation once per round, in an order rotated each round, rounds repeated) so
+drifting machine load hits all of them alike; the median of the rounds is reported with the ratios
+hpctrain/raw-Horovod and hpctrain/DDP. Two models: a communication-heavy MLP (large dense layers, ~21M
+parameters) and a compute-heavy CNN (convolutions).
 """
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ def compare(models: list[str], ranks: list[int], rounds: int, steps: int | None)
     for r in range(rounds):
         for model in models:
             for p in ranks:
-                for impl in IMPLS:
+                # rotated each round: a run is slowed by the teardown of the one before it, so no
+                # implementation may always follow the same one
+                for impl in IMPLS[r % len(IMPLS):] + IMPLS[:r % len(IMPLS)]:
                     rate = run_once(impl, model, p, steps or STEPS[model])
                     raw.setdefault(f"{model}|{p}|{impl}", []).append(rate)
                     print(f"  round {r + 1}/{rounds} {model:8s} {p} rank(s) {impl:9s} {rate:10.1f} samples/s",
