@@ -140,7 +140,7 @@ class Metrics:
         elapsed = now - self._interval_start
         # dist: one small allgather gives every rank's loss and interval time
         row = torch.tensor([[float(loss.detach()), elapsed, *self._interval_phases]], dtype=torch.float64)
-        table = hvd.allgather(row, name="hpctrain.metrics")
+        table = hvd.allgather(row, name="hpctrain.metrics") if self.rt.size > 1 else row  # one rank: no collective
         mean_loss = float(table[:, 0].mean())
         per_rank_rate = self._interval_steps * self.batch_size / table[:, 1]
         record = {
@@ -194,7 +194,7 @@ class Metrics:
         elapsed = end - self._measure_start if self._measure_start is not None else float("nan")
         steps = self._measured_steps
         row = torch.tensor([[elapsed, float(steps), *self._measured_phases]], dtype=torch.float64)
-        table = hvd.allgather(row, name="hpctrain.summary")  # dist
+        table = hvd.allgather(row, name="hpctrain.summary") if self.rt.size > 1 else row  # dist
         per_rank = table[:, 1] * self.batch_size / table[:, 0]
         summary = {
             "final_loss": self.last_loss,

@@ -356,6 +356,8 @@ class Trainer:
         round trip of its own; every rank reads the same result at the same step: decided together."""
         if self.step % self.cfg.fault.signal_check_every:
             return 0, False
+        if self.rt.size == 1:  # nothing to agree on; a collective would still cost a Horovod cycle
+            return self.stop_flag.signum or 0, self.checkpointer.time_due()
         stop_signal, timed = self._collect_flags()
         if not (stop_signal or timed):  # else the caller stops or checkpoints now: flags start afresh next check
             flags = torch.tensor([self.stop_flag.signum or 0, self.checkpointer.time_due()], dtype=torch.int32)

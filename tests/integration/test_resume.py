@@ -75,6 +75,23 @@ def test_signal_checkpoints_exits_75_and_resumes_bit_identical(tmp_path, referen
     assert s["params_sha256"] == reference
 
 
+def test_signal_on_a_single_process_checkpoints_exits_75_and_resumes(tmp_path):
+    """One process, no launcher: there is no all-reduce to agree through (world size 1 skips it), so this
+    checks that the rank still stops on its own signal."""
+    proc = subprocess.Popen([HPCTRAIN, "train", *RUN, f"run.dir={tmp_path}"], cwd=REPO, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: logged_step(tmp_path) >= 100, what="step 100")
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err[-3000:]
+    saved = checkpoint.candidates(tmp_path / "checkpoints")
+    assert len(saved) == 1 and checkpoint.verify(saved[0]) is None
+    assert 100 <= int(saved[0].name.split("-")[1]) < STEPS and not (tmp_path / "summary.json").exists()
+    run([HPCTRAIN, "train", *RUN, f"run.dir={tmp_path}"])
+    s = summary(tmp_path)
+    assert s["resumed_from"] == str(saved[0]) and s["steps"] == STEPS and s["world_size"] == 1
+
+
 def test_sigkill_of_one_rank_ends_the_job_and_resume_is_bit_identical(tmp_path, reference):
     proc = start(*RUN, f"run.dir={tmp_path}", "checkpoint.every_steps=100")
     wait_for(lambda: logged_step(tmp_path) >= 450, what="step 450")

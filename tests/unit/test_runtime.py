@@ -96,6 +96,20 @@ def test_elastic_runs_keep_horovods_cycle_time():
     assert env["HOROVOD_CYCLE_TIME"] == "3.0"
 
 
+def test_a_single_rank_runs_horovods_thread_at_a_long_cycle():
+    """One rank has nothing to all-reduce: the background thread's wake-ups only interrupt the compute."""
+    from hpctrain.config import CommConfig
+    from hpctrain.runtime import SINGLE_RANK_CYCLE_MS, _horovod_env
+
+    env: dict[str, str] = {}
+    _horovod_env(CommConfig(), env, watchdog_s=0, size=1)
+    assert float(env["HOROVOD_CYCLE_TIME"]) == SINGLE_RANK_CYCLE_MS > CommConfig().cycle_time_ms
+    _horovod_env(CommConfig(cycle_time_ms=50.0), env, watchdog_s=0, size=1)
+    assert env["HOROVOD_CYCLE_TIME"] == "50.0"  # a longer one asked for is kept
+    _horovod_env(CommConfig(), env, watchdog_s=0, size=2)
+    assert float(env["HOROVOD_CYCLE_TIME"]) == CommConfig().cycle_time_ms
+
+
 def test_cpu_threads_share_the_cores(monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 8)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
