@@ -166,7 +166,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg.run.timeline:  # Horovod reads it at hvd.init() and writes it from rank 0
         Path(cfg.run.dir).mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("HOROVOD_TIMELINE", str(Path(cfg.run.dir).resolve() / "horovod-timeline.json"))
-    rt = runtime.init(cfg.comm, watchdog_s=cfg.fault.watchdog_s, elastic=cfg.fault.elastic)
+    rt = runtime.init(cfg.comm, watchdog_s=cfg.fault.watchdog_s, elastic=cfg.fault.elastic,
+                      malloc_keep_mb=cfg.run.malloc_keep_mb)
     runtime.setup_logging(rt.rank, rt.size, cfg.run.log_all_ranks)
     summary = train.run(cfg, rt)
     return EXIT_REQUEUE if summary.get("preempted") else EXIT_OK

@@ -50,10 +50,14 @@ class RunConfig:
     tensorboard: bool = _f(True, "write TensorBoard event files to <run.dir>/tensorboard (rank 0)")
     timeline: bool = _f(False, "record a Horovod timeline to <run.dir>/horovod-timeline.json (large; for profiling)")
     report: bool = _f(True, "write <run.dir>/report.md and loss.png at the end of the run")
+    malloc_keep_mb: int = _f(
+        64, "glibc: keep freed blocks up to this many MiB for reuse instead of unmapping them, so each step's "
+            "tensors do not page-fault afresh (0 = glibc's defaults)")
 
     def __post_init__(self) -> None:
         _check(self.dir != "", "run.dir", "must not be empty")
         _check(self.log_every >= 1, "run.log_every", "must be >= 1")
+        _check(self.malloc_keep_mb >= 0, "run.malloc_keep_mb", "must be >= 0")
 
 
 @dataclass
@@ -176,7 +180,8 @@ class CommConfig:
     compression: Literal["none", "fp16"] = _f(
         "none", "gradient compression on the wire: fp16 halves bytes, pays only on bandwidth-bound links")
     fusion_threshold_mb: float = _f(64.0, "Horovod tensor-fusion buffer size in MiB (0 disables fusion)")
-    cycle_time_ms: float = _f(1.0, "Horovod background-thread cycle time in milliseconds")
+    cycle_time_ms: float = _f(1.0, "Horovod background-thread cycle time in milliseconds (a single rank "
+                                   "uses at least 20: nothing waits on the cycle there)")
     yield_when_idle: bool = _f(
         True, "CPU runs under OpenMPI: let idle ranks yield the core instead of busy-polling")
 

