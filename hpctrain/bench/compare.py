@@ -51,7 +51,10 @@ def command(impl: str, model: str, ranks: int, steps: int, run_dir: str) -> list
     peer = ["-m", "hpctrain.bench.peers", impl, "--model", name, "--width", str(width), "--depth", str(depth),
             "--batch", str(batch), "--steps", str(steps)]
     if impl == "horovod":
-        return [*mpirun(ranks), sys.executable, *peer]
+        # identical settings: also hpctrain's malloc default (run.malloc_keep_mb = 64), as glibc's variables
+        keep = 64 << 20
+        return [*mpirun(ranks), "-x", f"MALLOC_MMAP_THRESHOLD_={keep}", "-x", f"MALLOC_TRIM_THRESHOLD_={4 * keep}",
+                sys.executable, *peer]
     return [_bin("torchrun"), "--standalone", f"--nproc_per_node={ranks}", *peer]
 
 

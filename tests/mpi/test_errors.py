@@ -8,7 +8,7 @@ def test_bad_config_key_exits_2_on_one_rank(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("hpctrain: error: optim.lrr: unknown key; valid keys in [optim]: "
                                    "name, lr, momentum, nesterov, weight_decay, lr_scaling, warmup_steps, decay, "
-                                   "min_lr, power, step_size, gamma")
+                                   "min_lr, power, step_size, gamma, fused")
     assert not any(tmp_path.iterdir())  # nothing written
 
 
