@@ -162,8 +162,7 @@ class Runtime:
 SINGLE_RANK_CYCLE_MS = 20.0
 
 
-def _horovod_env(comm: CommConfig, env: dict[str, str], watchdog_s: float, elastic: bool = False,
-                 size: int = 2) -> None:
+def _horovod_env(comm: CommConfig, env: dict[str, str], watchdog_s: float, elastic: bool, size: int) -> None:
     """Horovod reads its tuning knobs from the environment once, at hvd.init()."""
     env["HOROVOD_FUSION_THRESHOLD"] = str(int(comm.fusion_threshold_mb * 1024 * 1024))
     if elastic:

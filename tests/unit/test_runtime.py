@@ -90,9 +90,9 @@ def test_elastic_runs_keep_horovods_cycle_time():
     from hpctrain.runtime import _horovod_env
 
     env: dict[str, str] = {}
-    _horovod_env(CommConfig(), env, watchdog_s=0, elastic=True)
+    _horovod_env(CommConfig(), env, watchdog_s=0, elastic=True, size=2)
     assert "HOROVOD_CYCLE_TIME" not in env and "HOROVOD_FUSION_THRESHOLD" in env
-    _horovod_env(CommConfig(cycle_time_ms=3.0), env, watchdog_s=0)
+    _horovod_env(CommConfig(cycle_time_ms=3.0), env, watchdog_s=0, elastic=False, size=2)
     assert env["HOROVOD_CYCLE_TIME"] == "3.0"
 
 
@@ -102,11 +102,11 @@ def test_a_single_rank_runs_horovods_thread_at_a_long_cycle():
     from hpctrain.runtime import SINGLE_RANK_CYCLE_MS, _horovod_env
 
     env: dict[str, str] = {}
-    _horovod_env(CommConfig(), env, watchdog_s=0, size=1)
+    _horovod_env(CommConfig(), env, watchdog_s=0, elastic=False, size=1)
     assert float(env["HOROVOD_CYCLE_TIME"]) == SINGLE_RANK_CYCLE_MS > CommConfig().cycle_time_ms
-    _horovod_env(CommConfig(cycle_time_ms=50.0), env, watchdog_s=0, size=1)
+    _horovod_env(CommConfig(cycle_time_ms=50.0), env, watchdog_s=0, elastic=False, size=1)
     assert env["HOROVOD_CYCLE_TIME"] == "50.0"  # a longer one asked for is kept
-    _horovod_env(CommConfig(), env, watchdog_s=0, size=2)
+    _horovod_env(CommConfig(), env, watchdog_s=0, elastic=False, size=2)
     assert float(env["HOROVOD_CYCLE_TIME"]) == CommConfig().cycle_time_ms
 
 
