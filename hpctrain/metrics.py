@@ -140,7 +140,7 @@ class Metrics:
         elapsed = now - self._interval_start
         # dist: one small allgather gives every rank's loss and interval time
         row = torch.tensor([[float(loss.detach()), elapsed, *self._interval_phases]], dtype=torch.float64)
-        table = hvd.allgather(row, name="hpctrain.metrics") if self.rt.size > 1 else row  # one rank: no collective
+        table = self._gather_ranks(row, "hpctrain.metrics")
         mean_loss = float(table[:, 0].mean())
         per_rank_rate = self._interval_steps * self.batch_size / table[:, 1]
         record = {
@@ -188,13 +188,18 @@ class Metrics:
                 f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
                 if k.startswith("val_")))
 
+    def _gather_ranks(self, row: torch.Tensor, name: str) -> torch.Tensor:
+        """Every rank's ``row``, stacked in rank order (a collective); with one rank just ``row``, so as not
+        to wait for a Horovod cycle (runtime.SINGLE_RANK_CYCLE_MS)."""
+        return hvd.allgather(row, name=name) if self.rt.size > 1 else row  # dist
+
     def summary(self, extra: dict[str, Any]) -> dict[str, Any]:
         """Post-warm-up throughput reduced over ranks (a collective); rank 0 writes summary.json."""
         end = self._last_step_end  # throughput of the training steps: not of the evaluation or checkpoint after
         elapsed = end - self._measure_start if self._measure_start is not None else float("nan")
         steps = self._measured_steps
         row = torch.tensor([[elapsed, float(steps), *self._measured_phases]], dtype=torch.float64)
-        table = hvd.allgather(row, name="hpctrain.summary") if self.rt.size > 1 else row  # dist
+        table = self._gather_ranks(row, "hpctrain.summary")
         per_rank = table[:, 1] * self.batch_size / table[:, 0]
         summary = {
             "final_loss": self.last_loss,

@@ -192,8 +192,15 @@ def keep_freed_memory(mb: int) -> bool:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
+    mmap_bytes, trim_bytes = malloc_thresholds(mb)
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
-    return bool(mallopt(m_mmap_threshold, mb << 20)) and bool(mallopt(m_trim_threshold, 4 * mb << 20))
+    return bool(mallopt(m_mmap_threshold, mmap_bytes)) and bool(mallopt(m_trim_threshold, trim_bytes))
+
+
+def malloc_thresholds(mb: int) -> tuple[int, int]:
+    """glibc's mmap and trim thresholds in bytes for ``run.malloc_keep_mb = mb`` (also given to other
+    processes as MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ by `bench compare`)."""
+    return mb << 20, 4 * mb << 20
 
 
 def init(comm: CommConfig, env: dict[str, str] | None = None, watchdog_s: float = 0.0,

@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hpctrain.config import RunConfig, UserError
+from hpctrain.runtime import malloc_thresholds
+
 MODELS = {  # name: (registry model, width, depth, per-rank batch)
     "mlp-21m": ("mlp", 2048, 6, 64),
     "cnn": ("cnn", 16, 2, 32),
@@ -51,10 +54,10 @@ def command(impl: str, model: str, ranks: int, steps: int, run_dir: str) -> list
     peer = ["-m", "hpctrain.bench.peers", impl, "--model", name, "--width", str(width), "--depth", str(depth),
             "--batch", str(batch), "--steps", str(steps)]
     if impl == "horovod":
-        # identical settings: also hpctrain's malloc default (run.malloc_keep_mb = 64), as glibc's variables
-        keep = 64 << 20
-        return [*mpirun(ranks), "-x", f"MALLOC_MMAP_THRESHOLD_={keep}", "-x", f"MALLOC_TRIM_THRESHOLD_={4 * keep}",
-                sys.executable, *peer]
+        # identical settings: also hpctrain's default run.malloc_keep_mb, as glibc's variables
+        mmap_bytes, trim_bytes = malloc_thresholds(RunConfig().malloc_keep_mb)
+        return [*mpirun(ranks), "-x", f"MALLOC_MMAP_THRESHOLD_={mmap_bytes}", "-x",
+                f"MALLOC_TRIM_THRESHOLD_={trim_bytes}", sys.executable, *peer]
     return [_bin("torchrun"), "--standalone", f"--nproc_per_node={ranks}", *peer]
 
 
@@ -112,8 +115,6 @@ def main(args: Any) -> int:
     models = args.models.split(",")
     unknown = [m for m in models if m not in MODELS]
     if unknown:
-        from hpctrain.config import UserError
-
         raise UserError(f"--models: unknown {', '.join(unknown)}; known: {', '.join(MODELS)}")
     ranks = [int(v) for v in args.ranks.split(",")]
     result = compare(models, ranks, args.rounds, args.steps)
