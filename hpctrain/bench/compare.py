@@ -3,8 +3,8 @@
 The same model, synthetic data, per-rank batch, threads per rank and SGD kernel for all three; runs
 interleaved (every implementation once per round, in an order rotated each round, rounds repeated) so
 drifting machine load hits all of them alike; the median of the rounds is reported with the ratios
-hpctrain/raw-Horovod and hpctrain/DDP. Two models: a communication-heavy MLP (large dense layers, ~21M
-parameters) and a compute-heavy CNN (convolutions).
+hpctrain/raw-Horovod and hpctrain/DDP, and with the lowest and highest ratio within a single round. Two
+models: a communication-heavy MLP (large dense layers, ~21M parameters) and a compute-heavy CNN (convolutions).
 """
 
 from __future__ import annotations
@@ -90,24 +90,37 @@ def compare(models: list[str], ranks: list[int], rounds: int, steps: int | None)
     rows = []
     for model in models:
         for p in ranks:
-            med = {impl: statistics.median(raw[f"{model}|{p}|{impl}"]) for impl in IMPLS}
+            runs = {impl: raw[f"{model}|{p}|{impl}"] for impl in IMPLS}
+            med = {impl: statistics.median(runs[impl]) for impl in IMPLS}
+            # per round: the three ran back to back, so a round's ratio is free of drift between rounds;
+            # their spread says how far one run can be trusted
+            rounds_vs = {peer: [a / b for a, b in zip(runs["hpctrain"], runs[peer], strict=True)]
+                         for peer in ("horovod", "ddp")}
             rows.append({"model": model, "ranks": p, **{f"{i}_samples_per_sec": med[i] for i in IMPLS},
                          "hpctrain_vs_horovod": med["hpctrain"] / med["horovod"],
                          "hpctrain_vs_ddp": med["hpctrain"] / med["ddp"],
-                         "runs": {i: raw[f"{model}|{p}|{i}"] for i in IMPLS}})
+                         "hpctrain_vs_horovod_per_round": rounds_vs["horovod"],
+                         "hpctrain_vs_ddp_per_round": rounds_vs["ddp"], "runs": runs})
     return {"rows": rows, "rounds": rounds, "steps": {m: steps or STEPS[m] for m in models},
             "models": {m: MODELS[m] for m in models},
             "host": {"hostname": platform.node(), "cpus": os.cpu_count()}, "command": " ".join(sys.argv),
             "time": time.time()}
 
 
+def _spread(ratios: list[float]) -> str:
+    return f"{min(ratios):.2f}-{max(ratios):.2f}"
+
+
 def format_table(result: dict[str, Any]) -> str:
     lines = [f"{'model':8s} {'ranks':>5s} {'hpctrain':>10s} {'horovod':>10s} {'ddp':>10s} "
-             f"{'vs horovod':>11s} {'vs ddp':>8s}   (samples/s, median of {result['rounds']} interleaved rounds)"]
+             f"{'vs horovod':>11s} {'(rounds)':>11s} {'vs ddp':>8s} {'(rounds)':>11s}"]
     for r in result["rows"]:
         lines.append(f"{r['model']:8s} {r['ranks']:5d} {r['hpctrain_samples_per_sec']:10.1f} "
                      f"{r['horovod_samples_per_sec']:10.1f} {r['ddp_samples_per_sec']:10.1f} "
-                     f"{r['hpctrain_vs_horovod']:10.3f}x {r['hpctrain_vs_ddp']:7.3f}x")
+                     f"{r['hpctrain_vs_horovod']:10.3f}x {_spread(r['hpctrain_vs_horovod_per_round']):>11s} "
+                     f"{r['hpctrain_vs_ddp']:7.3f}x {_spread(r['hpctrain_vs_ddp_per_round']):>11s}")
+    lines.append(f"samples/s: median of {result['rounds']} interleaved rounds; vs: ratio of the medians; "
+                 "(rounds): lowest-highest ratio within one round")
     return "\n".join(lines)
 
 

@@ -97,8 +97,9 @@ def _check_record(record: Any, where: str) -> None:
     if breakdown is not None and not (isinstance(breakdown, dict) and all(
             isinstance(k, str) and _is_number(v) and v >= 0 for k, v in breakdown.items())):
         raise ScalingError(f"{where}: breakdown_ms: expected phase names mapped to milliseconds, got {breakdown!r}")
-    if "num_parameters" in record and not (_is_int(record["num_parameters"]) and record["num_parameters"] >= 1):
-        raise ScalingError(f"{where}: num_parameters: expected a positive integer, got {record['num_parameters']!r}")
+    for key in ("num_parameters", "threads_per_rank"):
+        if key in record and not (_is_int(record[key]) and record[key] >= 1):
+            raise ScalingError(f"{where}: {key}: expected a positive integer, got {record[key]!r}")
     for key in ("model", "compression", "launcher", "command"):
         if key in record and not isinstance(record[key], str):
             raise ScalingError(f"{where}: {key}: expected a string, got {record[key]!r}")
@@ -441,6 +442,10 @@ def _render(records_path: Path, records: list[dict[str, Any]], tables: dict[str,
     if hosts:
         out.append("- host: " + ", ".join(f"`{h}` ({c} CPUs)" if c else f"`{h}`" for h, c in hosts)
                    + " (rank 0's)")
+    threads = {(r["world_size"], r["threads_per_rank"]) for r in records if "threads_per_rank" in r}
+    if threads:  # a CPU rank's threads follow its binding: what a 1-rank baseline ran on is worth seeing
+        out.append("- intra-op threads per rank: " + ", ".join(f"{t} at {p} rank{'s' * (p > 1)}"
+                                                               for p, t in sorted(threads)))
     commands = list(dict.fromkeys(r["command"] for r in records if "command" in r))
     if commands:
         out += ["", "Made by:", "", "```", *commands, "```"]

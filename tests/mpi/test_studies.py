@@ -15,6 +15,9 @@ def test_bench_compare_runs_all_three_and_reports_ratios(tmp_path):
     (row,) = result["rows"]
     assert row["ranks"] == 2 and all(row[f"{i}_samples_per_sec"] > 0 for i in ("hpctrain", "horovod", "ddp"))
     assert abs(row["hpctrain_vs_ddp"] - row["hpctrain_samples_per_sec"] / row["ddp_samples_per_sec"]) < 1e-9
+    (one_round,) = row["hpctrain_vs_horovod_per_round"]  # one round: its ratio is the ratio of the medians
+    assert abs(one_round - row["hpctrain_vs_horovod"]) < 1e-9
+    assert f"{row['hpctrain_vs_ddp']:.2f}-{row['hpctrain_vs_ddp']:.2f}" in proc.stdout
     assert "vs ddp" in proc.stdout and "cnn          2" in proc.stdout
 
 
@@ -25,9 +28,11 @@ def test_quick_strong_study_and_report(tmp_path):
     recs = [json.loads(ln) for ln in records.read_text().splitlines()]
     assert [(r["world_size"], r["batch_size"], r["global_batch_size"]) for r in recs] == [(1, 32, 32), (2, 16, 32)]
     assert all(set(r["breakdown_ms"]) == {"data", "forward_backward", "allreduce_wait", "optimizer"} for r in recs)
+    assert all(r["threads_per_rank"] >= 1 for r in recs)
     report_dir = tmp_path / "report"
     run([HPCTRAIN, "scaling", "report", str(records), "--out", str(report_dir)])
     text = (report_dir / "report.md").read_text()
+    assert f"- intra-op threads per rank: {recs[0]['threads_per_rank']} at 1 rank, " in text
     speedup = recs[1]["samples_per_sec"] / recs[0]["samples_per_sec"]
     row = next(ln for ln in text.splitlines() if ln.startswith("| 2 | 1 |"))
     assert f"| {recs[1]['samples_per_sec']:,.1f} | {speedup:.2f} |" in row, row

@@ -34,7 +34,8 @@ STRONG = [record("strong", 1, 3600.0, 360),
           record("strong", 2, 360 / 250 * 1000, 360),
           record("strong", 4, 1200.0, 360)]
 # Weak: 32 samples per rank, T = 10, 11, 12.5 ms.
-WEAK = [record("weak", p, t, 32, breakdown_ms=BREAKDOWN) for p, t in ((1, 10.0), (2, 11.0), (4, 12.5))]
+WEAK = [record("weak", p, t, 32, breakdown_ms=BREAKDOWN, threads_per_rank=2 if p == 1 else 1)
+        for p, t in ((1, 10.0), (2, 11.0), (4, 12.5))]
 
 
 def write_jsonl(path, records):
@@ -133,6 +134,7 @@ def test_write_report(tmp_path):
     assert "| 4 | 1 | 300.0 | 3.00 | 75.0% | 1,200.0 |" in text
     assert "| 4 | 1 | 10,240.0 | 3.20 | 80.0% | 12.5 | 1.0 | 6.0 | 2.0 | 0.5 |" in text
     assert "allreduce_wait ms" in text and "hpctrain scaling run --mode weak" in text and "node01" in text
+    assert "- intra-op threads per rank: 2 at 1 rank, 1 at 2 ranks, 1 at 4 ranks\n" in text
     assert "## Communication model (a model, not a measurement)" in text
     assert "α (latency per ring step) = 20.00 µs" in text
     assert report.PUBLISHED in text
@@ -182,6 +184,7 @@ def test_an_error_leaves_the_previous_report_untouched(tmp_path):
      ":2: samples_per_sec: missing"),
     (json.dumps(record("weak", 2, 11.0, 32, step_time_ms={"mean": 11.0})), ":2: step_time_ms: expected"),
     (json.dumps(record("weak", 2, 11.0, 32, breakdown_ms={"data": "slow"})), ":2: breakdown_ms: expected"),
+    (json.dumps(record("weak", 2, 11.0, 32, threads_per_rank=0)), ":2: threads_per_rank: expected a positive"),
 ])
 def test_malformed_record_names_file_and_line(tmp_path, line, fragment):
     path = tmp_path / "records.jsonl"
