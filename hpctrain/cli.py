@@ -105,12 +105,20 @@ def _parser() -> argparse.ArgumentParser:
     from hpctrain.bench import allreduce
 
     allreduce.add_arguments(ba)
-    bc = bsub.add_parser("compare", help="hpctrain vs a raw Horovod loop vs PyTorch DDP (torchrun), interleaved")
-    bc.add_argument("--models", default="mlp-21m,cnn", help="comma list of mlp-21m, cnn")
+    bc = bsub.add_parser("compare", help="hpctrain vs a raw Horovod loop, PyTorch DDP "
+                                               "(torchrun) or a plain PyTorch loop, interleaved")
+    bc.add_argument("--models", default="mlp-21m,cnn", help="comma list of mlp-21m, cnn, transformer")
     bc.add_argument("--ranks", default="1,2", help="comma list of rank counts")
     bc.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
-    bc.add_argument("--steps", type=int, help="steps per run (default: mlp-21m 150, cnn 500; 5 warm-up steps "
-                                               "are not timed)")
+    bc.add_argument("--steps", type=int, help="steps per run (default: mlp-21m 150, cnn 500, transformer 100; "
+                                               "5 warm-up steps are not timed)")
+    bc.add_argument("--impls", default="hpctrain,horovod,ddp",
+                    help="hpctrain first, then peers: horovod (raw loop, mpirun), ddp (torchrun), torch (plain loop, "
+                         "one process)")
+    bc.add_argument("--launcher", default="mpirun", choices=["mpirun", "direct"],
+                    help="how hpctrain and the raw Horovod loop start: mpirun, or direct (one process, no MPI "
+                         "launcher; --ranks 1)")
+    bc.add_argument("--batch", type=int, help="per-rank batch for every model (default: each model's own)")
     bc.add_argument("--json", help="also write the results to this file")
 
     sub.add_parser("info", help="versions, Horovod build, launcher, rank/size, device, threads (every rank)")

@@ -122,6 +122,11 @@ class Metrics:
     def step_done(self, step: int, loss: torch.Tensor, lr: float, phases: np.ndarray | None = None) -> None:
         """Record one finished step (1-based ``step``) and its seconds per phase (:data:`PHASES`); at log
         steps this is a collective on all ranks."""
+        log_step = not (step % self.cfg.log_every and step != self.total_steps and step != 1)
+        if self.rt.device.type == "cuda" and (log_step or step == self._warmup_end):
+            # the host runs ahead of the GPU: read the clock where intervals start and end with the queue
+            # drained, so each interval's throughput counts the kernels its steps launched (one wait per log)
+            torch.cuda.synchronize(self.rt.device)
         now = time.perf_counter()
         self._last_step_end = now
         self._interval_steps += 1
@@ -135,7 +140,7 @@ class Metrics:
                 self._measured_phases += phases
         if self._bar is not None:
             self._bar.update(1)
-        if step % self.cfg.log_every and step != self.total_steps and step != 1:
+        if not log_step:
             return
         elapsed = now - self._interval_start
         # dist: one small allgather gives every rank's loss and interval time

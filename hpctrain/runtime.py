@@ -222,9 +222,9 @@ def init(comm: CommConfig, env: dict[str, str] | None = None, watchdog_s: float 
 
     import horovod.torch as hvd
 
-    if info.launcher == "horovodrun-gloo":
-        hvd.init()  # dist: Gloo controller, rendezvous through horovodrun; MPI is not involved
-        controller = "gloo"
+    controller = choose_controller(info.launcher, hvd.mpi_built())
+    if controller == "gloo":
+        hvd.init()  # dist: Gloo controller, rendezvous through horovodrun (or none, one process); no MPI
     else:
         import mpi4py
 
@@ -233,7 +233,6 @@ def init(comm: CommConfig, env: dict[str, str] | None = None, watchdog_s: float 
         from mpi4py import MPI
 
         hvd.init(comm=MPI.COMM_WORLD)  # dist: the one place MPI and Horovod are initialised
-        controller = "mpi"
 
     if hvd.size() != info.size:
         raise LaunchError(f"{info.launcher} started {info.size} ranks but Horovod sees {hvd.size()}: "
@@ -250,6 +249,17 @@ def init(comm: CommConfig, env: dict[str, str] | None = None, watchdog_s: float 
         torch.set_num_threads(threads)
     return Runtime(info, hvd.rank(), hvd.size(), hvd.local_rank(), local_size, device, threads, controller,
                    elastic)
+
+
+def choose_controller(launcher: str, mpi_built: bool) -> str:
+    """Horovod's controller: Gloo under horovodrun --gloo, and for one process when Horovod was built
+    without MPI (a workstation or one-GPU box with no MPI installed); MPI otherwise."""
+    if launcher == "horovodrun-gloo" or (launcher == "single" and not mpi_built):
+        return "gloo"
+    if not mpi_built:
+        raise LaunchError(f"launched by {launcher} but this Horovod was built without MPI: rebuild it with "
+                          "HOROVOD_WITH_MPI=1 (make setup), or launch with horovodrun --gloo")
+    return "mpi"
 
 
 def mpi_comm() -> Any:

@@ -1,13 +1,15 @@
-"""The two loops `hpctrain bench compare` measures hpctrain against, as a user would write them:
+"""The loops `hpctrain bench compare` measures hpctrain against, as a user would write them:
 
   horovod  a minimal raw Horovod loop (hvd.DistributedOptimizer, broadcast, SGD), run under mpirun;
-  ddp      PyTorch DistributedDataParallel launched by torchrun (gloo on CPU, nccl on GPU).
+  ddp      PyTorch DistributedDataParallel launched by torchrun (gloo on CPU, nccl on GPU);
+  torch    a plain single-process PyTorch loop, no distribution at all (the one-GPU reference).
 
-Both train the same registry model on the same synthetic data with the same per-rank batch, threads and SGD
-kernel (fused) as `hpctrain train`, and print one JSON line: samples/s over the steps after warm-up, from the
-slowest rank.
+All train the registry model that the same ``section.key=value`` overrides as `hpctrain train` describe, on
+the same synthetic data with the same per-rank batch, threads and SGD kernel (fused), one GPU per rank where
+there are GPUs, copying each batch from host memory as hpctrain does; each prints one JSON line: samples/s
+over the steps after warm-up, from the slowest rank.
 
-    python -m hpctrain.bench.peers horovod|ddp --model mlp --width 2048 --depth 6 --batch 64 --steps 200
+    python -m hpctrain.bench.peers horovod --steps 200 model.name=mlp model.width=2048 train.batch_size=64
 """
 
 from __future__ import annotations
@@ -16,49 +18,62 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from hpctrain import models
-from hpctrain.config import ModelConfig
+from hpctrain.config import Config, load
 from hpctrain.data import synthetic
 
 
-def problem(args: argparse.Namespace, threads: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    torch.set_num_threads(threads)
-    torch.manual_seed(args.seed)
-    cfg = ModelConfig(name=args.model, width=args.width, depth=args.depth)
-    spec = models.sample_spec(cfg)
-    x, y = synthetic.classification(args.batch * 8, spec.input_shape, spec.num_classes, args.seed)
-    return models.build(cfg), torch.from_numpy(x), torch.from_numpy(y)
+def problem(cfg: Config, local_size: int, local_rank: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """The model on this rank's device, and 8 batches of samples in host memory."""
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:  # the rule hpctrain applies (runtime.cpu_threads, unbound case): a share of the cores per rank
+        device = torch.device("cpu")
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
+    torch.manual_seed(cfg.train.seed)
+    spec, n, seed = models.sample_spec(cfg.model), cfg.train.batch_size * 8, cfg.train.seed
+    if spec.input_dtype == torch.int64:  # not hpctrain.train.synthetic_arrays: DDP's process imports no Horovod
+        x, y = synthetic.token_sequences(n, spec.input_shape[0], spec.num_classes, seed)
+    else:
+        x, y = synthetic.classification(n, spec.input_shape, spec.num_classes, seed)
+    return models.build(cfg.model).to(device), torch.from_numpy(x), torch.from_numpy(y)
 
 
-def sgd(params: Any, args: argparse.Namespace) -> torch.optim.Optimizer:
+def sgd(params: Any, cfg: Config) -> torch.optim.Optimizer:
     # fused: the update kernel hpctrain uses by default (optim.fused), so that the comparison measures the
     # distributed machinery, not the optimizer kernel
-    return torch.optim.SGD(params, lr=args.lr, momentum=0.9, fused=True)
+    return torch.optim.SGD(params, lr=cfg.optim.lr, momentum=0.9, fused=True)
 
 
-def timed_loop(step, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> tuple[float, int]:
-    """Seconds for the steps after warm-up (the same count as hpctrain's measured steps)."""
-    n = len(x) // args.batch
+def timed_loop(step: Callable[[torch.Tensor, torch.Tensor], None], x: torch.Tensor, y: torch.Tensor,
+               device: torch.device, batch: int, steps: int, warmup: int) -> tuple[float, int]:
+    """Seconds for the steps after warm-up (the same count as hpctrain's measured steps). On a GPU the
+    clock is read with the device idle, so queued kernels are counted in the steps that queued them."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    n = len(x) // batch
     start = 0.0
-    for i in range(args.steps):
-        if i == args.warmup:
+    for i in range(steps):
+        if i == warmup:
+            sync()
             start = time.perf_counter()
-        a = (i % n) * args.batch
-        step(x[a:a + args.batch], y[a:a + args.batch])
-    return time.perf_counter() - start, args.steps - args.warmup
+        a = (i % n) * batch
+        step(x[a:a + batch].to(device), y[a:a + batch].to(device))
+    sync()
+    return time.perf_counter() - start, steps - warmup
 
 
-def run_horovod(args: argparse.Namespace) -> dict:
+def run_horovod(cfg: Config, args: argparse.Namespace) -> dict:
     import horovod.torch as hvd
 
     hvd.init()
-    threads = max(1, (os.cpu_count() or 1) // hvd.local_size())
-    model, x, y = problem(args, threads)
-    opt = sgd(model.parameters(), args)
+    model, x, y = problem(cfg, hvd.local_size(), hvd.local_rank())
+    opt = sgd(model.parameters(), cfg)
     opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters(), op=hvd.Average)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
 
@@ -67,51 +82,67 @@ def run_horovod(args: argparse.Namespace) -> dict:
         models.loss_fn(model(xb), yb).backward()
         opt.step()
 
-    seconds, steps = timed_loop(step, x, y, args)
+    device = next(model.parameters()).device
+    seconds, steps = timed_loop(step, x, y, device, cfg.train.batch_size, args.steps, args.warmup)
     slowest = float(hvd.allreduce(torch.tensor(seconds), op=hvd.Max, name="bench.time"))
-    return {"impl": "horovod", "ranks": hvd.size(), "rank": hvd.rank(), "threads": threads,
-            "samples_per_sec": steps * args.batch * hvd.size() / slowest}
+    return {"impl": "horovod", "ranks": hvd.size(), "rank": hvd.rank(), "threads": torch.get_num_threads(),
+            "device": str(device), "samples_per_sec": steps * cfg.train.batch_size * hvd.size() / slowest}
 
 
-def run_ddp(args: argparse.Namespace) -> dict:
+def run_ddp(cfg: Config, args: argparse.Namespace) -> dict:
     import torch.distributed as dist
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     dist.init_process_group(backend)
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
-    threads = max(1, (os.cpu_count() or 1) // local_size)
-    model, x, y = problem(args, threads)
+    model, x, y = problem(cfg, local_size, int(os.environ.get("LOCAL_RANK", 0)))
+    device = next(model.parameters()).device
     ddp = torch.nn.parallel.DistributedDataParallel(model)
-    opt = sgd(ddp.parameters(), args)
+    opt = sgd(ddp.parameters(), cfg)
 
     def step(xb: torch.Tensor, yb: torch.Tensor) -> None:
         opt.zero_grad()
         models.loss_fn(ddp(xb), yb).backward()
         opt.step()
 
-    seconds, steps = timed_loop(step, x, y, args)
-    t = torch.tensor(seconds)
+    seconds, steps = timed_loop(step, x, y, device, cfg.train.batch_size, args.steps, args.warmup)
+    t = torch.tensor(seconds, device=device)  # nccl reduces device tensors only
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    result = {"impl": "ddp", "ranks": dist.get_world_size(), "rank": dist.get_rank(), "threads": threads,
-              "samples_per_sec": steps * args.batch * dist.get_world_size() / float(t)}
+    result = {"impl": "ddp", "ranks": dist.get_world_size(), "rank": dist.get_rank(),
+              "threads": torch.get_num_threads(), "device": str(device),
+              "samples_per_sec": steps * cfg.train.batch_size * dist.get_world_size() / float(t)}
     dist.barrier()  # measured: without it, a rank tearing down gloo first aborts its peer now and then
     dist.destroy_process_group()
     return result
 
 
+def run_torch(cfg: Config, args: argparse.Namespace) -> dict:
+    model, x, y = problem(cfg, 1, 0)
+    device = next(model.parameters()).device
+    opt = sgd(model.parameters(), cfg)
+
+    def step(xb: torch.Tensor, yb: torch.Tensor) -> None:
+        opt.zero_grad()
+        models.loss_fn(model(xb), yb).backward()
+        opt.step()
+
+    seconds, steps = timed_loop(step, x, y, device, cfg.train.batch_size, args.steps, args.warmup)
+    return {"impl": "torch", "ranks": 1, "rank": 0, "threads": torch.get_num_threads(), "device": str(device),
+            "samples_per_sec": steps * cfg.train.batch_size / seconds}
+
+
+RUNNERS = {"horovod": run_horovod, "ddp": run_ddp, "torch": run_torch}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("impl", choices=["horovod", "ddp"])
-    p.add_argument("--model", default="mlp")
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--depth", type=int, default=2)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("impl", choices=sorted(RUNNERS))
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--seed", type=int, default=1234)
-    args = p.parse_args()
-    result = run_horovod(args) if args.impl == "horovod" else run_ddp(args)
+    p.add_argument("overrides", nargs="*", help="section.key=value, as for hpctrain train (model.*, "
+                                                 "train.batch_size, train.seed, optim.lr)")
+    args = p.parse_intermixed_args()
+    result = RUNNERS[args.impl](load(None, args.overrides), args)
     if result.pop("rank") == 0:
         print(json.dumps(result), flush=True)
 

@@ -18,7 +18,24 @@ def test_bench_compare_runs_all_three_and_reports_ratios(tmp_path):
     (one_round,) = row["hpctrain_vs_horovod_per_round"]  # one round: its ratio is the ratio of the medians
     assert abs(one_round - row["hpctrain_vs_horovod"]) < 1e-9
     assert f"{row['hpctrain_vs_ddp']:.2f}-{row['hpctrain_vs_ddp']:.2f}" in proc.stdout
-    assert "vs ddp" in proc.stdout and "cnn          2" in proc.stdout
+    assert "vs ddp" in proc.stdout and any(ln.split()[:2] == ["cnn", "2"] for ln in proc.stdout.splitlines())
+
+
+def test_bench_compare_one_process_against_a_plain_torch_loop(tmp_path):
+    """The one-GPU comparison's form (--launcher direct, no mpirun), here on the CPU with the Transformer."""
+    out = tmp_path / "compare.json"
+    proc = run([HPCTRAIN, "bench", "compare", "--models", "transformer", "--ranks", "1", "--rounds", "1",
+                "--steps", "8", "--batch", "4", "--impls", "hpctrain,torch", "--launcher", "direct",
+                "--json", str(out)], timeout=300)
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert result["impls"] == ["hpctrain", "torch"] and result["launcher"] == "direct"
+    assert "train.batch_size=4" in result["models"]["transformer"]
+    assert row["hpctrain_samples_per_sec"] > 0 and row["torch_samples_per_sec"] > 0 and "ddp_samples_per_sec" not in row
+    assert abs(row["hpctrain_vs_torch"] - row["hpctrain_samples_per_sec"] / row["torch_samples_per_sec"]) < 1e-9
+    assert "vs torch" in proc.stdout and "vs ddp" not in proc.stdout
+    bad = run([HPCTRAIN, "bench", "compare", "--impls", "hpctrain,torch", "--ranks", "2"], check=False)
+    assert bad.returncode == 2 and "use --ranks 1" in bad.stderr
 
 
 def test_quick_strong_study_and_report(tmp_path):

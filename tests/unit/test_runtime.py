@@ -2,7 +2,7 @@
 
 import pytest
 
-from hpctrain.runtime import LaunchError, check_launch, cpu_threads, detect_launcher, rank_seed
+from hpctrain.runtime import LaunchError, check_launch, choose_controller, cpu_threads, detect_launcher, rank_seed
 
 # `srun --mpi=pmix -n 4 --ntasks-per-node=2` step, rank 3 on the second node
 SLURM_STEP = {"SLURM_JOB_ID": "42", "SLURM_STEP_ID": "0", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
@@ -65,6 +65,17 @@ def test_broken_environments(env, message):
 def test_forced_launcher_wins():
     assert detect_launcher({**OPENMPI, **SLURM_STEP, "HPCTRAIN_LAUNCHER": "slurm"}).launcher == "slurm"
     assert detect_launcher({**OPENMPI, "HPCTRAIN_LAUNCHER": "single"}).launcher == "single"
+
+
+def test_controller_follows_the_launcher_and_the_horovod_build():
+    """Tested as the function it is: every Horovod this project has built has MPI (here, and on the one-GPU
+    machine, which had Open MPI), so a single process on the Gloo controller has not run end to end."""
+    assert choose_controller("horovodrun-gloo", True) == "gloo"
+    assert choose_controller("openmpi", True) == "mpi"
+    assert choose_controller("single", True) == "mpi"
+    assert choose_controller("single", False) == "gloo"  # one process, no MPI installed
+    with pytest.raises(LaunchError, match="built without MPI.*HOROVOD_WITH_MPI=1"):
+        choose_controller("slurm", False)
 
 
 def test_gloo_operations_under_mpirun_are_refused():
