@@ -3,6 +3,7 @@ metrics; the policy of each stays in its own module."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -225,13 +226,15 @@ class Trainer:
         t0 = time.perf_counter()
         schedule.apply_lr(self.optimizer, self.lr_at(self.step))
         self.optimizer.zero_grad()
+        n = cfg.grad_accum
+        # one micro-batch is the common case: no split, no extra ops (each costs a kernel launch on a GPU)
+        micro = zip(inputs.chunk(n), target.chunk(n), strict=True) if n > 1 else ((inputs, target),)
         losses = []
-        for x, y in zip(inputs.chunk(cfg.grad_accum), target.chunk(cfg.grad_accum), strict=True):
-            with torch.autocast(self.rt.device.type, dtype=self.autocast_dtype or torch.float32,
-                                enabled=self.autocast_dtype is not None):
+        for x, y in micro:
+            with self.autocast():
                 loss = self.loss(x, y)
             losses.append(loss.detach())
-            scaled = loss / cfg.grad_accum  # the mean over the whole batch, as one backward over it would give
+            scaled = loss / n if n > 1 else loss  # the mean over the whole batch, as one backward would give
             # dist: gradients are all-reduced in the background after the last micro-batch's backward
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         t1 = time.perf_counter()
@@ -252,7 +255,13 @@ class Trainer:
                 self.optimizer.step()
         t3 = time.perf_counter()
         self.phase_s[1:] = (t1 - t0, t2 - t1, t3 - t2)
-        return torch.stack(losses).mean()
+        return losses[0] if n == 1 else torch.stack(losses).mean()
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision for the forward pass (train.precision); nothing at all for fp32."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.rt.device.type, dtype=self.autocast_dtype)
 
     def loss(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The training loss of one micro-batch: the model's own, or mixed with a teacher's soft targets."""
