@@ -105,8 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     from hpctrain.bench import allreduce
 
     allreduce.add_arguments(ba)
-    bc = bsub.add_parser("compare", help="hpctrain vs a raw Horovod loop, PyTorch DDP "
-                                               "(torchrun) or a plain PyTorch loop, interleaved")
+    bc = bsub.add_parser("compare", help="hpctrain vs a raw Horovod loop, PyTorch DDP (torchrun) or a plain "
+                         "PyTorch loop, interleaved")
     bc.add_argument("--models", default="mlp-21m,cnn", help="comma list of mlp-21m, cnn, transformer")
     bc.add_argument("--ranks", default="1,2", help="comma list of rank counts")
     bc.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")

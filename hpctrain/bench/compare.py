@@ -34,7 +34,6 @@ MODELS = {  # name: the `hpctrain train` overrides that define it (model and per
 # that a few ms of scheduling noise do not decide a ratio.
 STEPS = {"mlp-21m": 150, "cnn": 500, "transformer": 100}
 IMPLS = ("hpctrain", "horovod", "ddp", "torch")
-LAUNCHERS = ("mpirun", "direct")
 
 
 def _bin(name: str) -> str:
