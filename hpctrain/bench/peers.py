@@ -51,6 +51,16 @@ def sgd(params: Any, cfg: Config) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.optim.lr, momentum=0.9, fused=True)
 
 
+def sgd_step(forward: torch.nn.Module, opt: torch.optim.Optimizer) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """One training step as a user writes it; ``forward`` is the model or its DDP wrapper."""
+    def step(xb: torch.Tensor, yb: torch.Tensor) -> None:
+        opt.zero_grad()
+        models.loss_fn(forward(xb), yb).backward()
+        opt.step()
+
+    return step
+
+
 def timed_loop(step: Callable[[torch.Tensor, torch.Tensor], None], x: torch.Tensor, y: torch.Tensor,
                device: torch.device, batch: int, steps: int, warmup: int) -> tuple[float, int]:
     """Seconds for the steps after warm-up (the same count as hpctrain's measured steps). On a GPU the
@@ -76,14 +86,8 @@ def run_horovod(cfg: Config, args: argparse.Namespace) -> dict:
     opt = sgd(model.parameters(), cfg)
     opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters(), op=hvd.Average)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-
-    def step(xb: torch.Tensor, yb: torch.Tensor) -> None:
-        opt.zero_grad()
-        models.loss_fn(model(xb), yb).backward()
-        opt.step()
-
     device = next(model.parameters()).device
-    seconds, steps = timed_loop(step, x, y, device, cfg.train.batch_size, args.steps, args.warmup)
+    seconds, steps = timed_loop(sgd_step(model, opt), x, y, device, cfg.train.batch_size, args.steps, args.warmup)
     slowest = float(hvd.allreduce(torch.tensor(seconds), op=hvd.Max, name="bench.time"))
     return {"impl": "horovod", "ranks": hvd.size(), "rank": hvd.rank(), "threads": torch.get_num_threads(),
             "device": str(device), "samples_per_sec": steps * cfg.train.batch_size * hvd.size() / slowest}
@@ -99,13 +103,7 @@ def run_ddp(cfg: Config, args: argparse.Namespace) -> dict:
     device = next(model.parameters()).device
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     opt = sgd(ddp.parameters(), cfg)
-
-    def step(xb: torch.Tensor, yb: torch.Tensor) -> None:
-        opt.zero_grad()
-        models.loss_fn(ddp(xb), yb).backward()
-        opt.step()
-
-    seconds, steps = timed_loop(step, x, y, device, cfg.train.batch_size, args.steps, args.warmup)
+    seconds, steps = timed_loop(sgd_step(ddp, opt), x, y, device, cfg.train.batch_size, args.steps, args.warmup)
     t = torch.tensor(seconds, device=device)  # nccl reduces device tensors only
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     result = {"impl": "ddp", "ranks": dist.get_world_size(), "rank": dist.get_rank(),
@@ -120,13 +118,7 @@ def run_torch(cfg: Config, args: argparse.Namespace) -> dict:
     model, x, y = problem(cfg, 1, 0)
     device = next(model.parameters()).device
     opt = sgd(model.parameters(), cfg)
-
-    def step(xb: torch.Tensor, yb: torch.Tensor) -> None:
-        opt.zero_grad()
-        models.loss_fn(model(xb), yb).backward()
-        opt.step()
-
-    seconds, steps = timed_loop(step, x, y, device, cfg.train.batch_size, args.steps, args.warmup)
+    seconds, steps = timed_loop(sgd_step(model, opt), x, y, device, cfg.train.batch_size, args.steps, args.warmup)
     return {"impl": "torch", "ranks": 1, "rank": 0, "threads": torch.get_num_threads(), "device": str(device),
             "samples_per_sec": steps * cfg.train.batch_size / seconds}
 
