@@ -375,7 +375,8 @@ def info_report(comm: CommConfig) -> str | None:
     if rt.controller == "mpi":
         from mpi4py import MPI
 
-        mpi_lib = MPI.Get_library_version().splitlines()[0].strip()
+        # Open MPI ends its version string with a NUL byte, which would make the report binary to grep
+        mpi_lib = MPI.Get_library_version().replace("\0", "").splitlines()[0].strip()
     built = {"mpi": hvd.mpi_built(), "gloo": hvd.gloo_built(), "nccl": hvd.nccl_built(),
              "cuda": hvd.cuda_built()}
     lines = [

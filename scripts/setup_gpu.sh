@@ -23,7 +23,7 @@ die() { printf '[setup_gpu] error: %s\n' "$*" >&2; exit 1; }
 command -v "$PY" >/dev/null || die "PYTHON=$PY: not found"
 "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null \
   || die "$PY has no CUDA-enabled torch that sees a GPU: install your site's CUDA torch, or use make setup (CPU)"
-"$PY" -c 'import numpy, h5py, tqdm, matplotlib, mpi4py, cffi, cloudpickle, psutil, yaml, setuptools' 2>/dev/null \
+"$PY" -c 'import numpy, h5py, tqdm, matplotlib, tensorboard, mpi4py, cffi, cloudpickle, psutil, yaml, setuptools' 2>/dev/null \
   || die "$PY lacks hpctrain's dependencies: $PY -m pip install numpy h5py tqdm matplotlib tensorboard mpi4py cffi cloudpickle psutil pyyaml"
 
 tag=$("$PY" -c 'import sys, torch; print(f"torch{torch.__version__}-cp{sys.version_info[0]}{sys.version_info[1]}")')

@@ -37,3 +37,4 @@ def test_info_reports_every_rank():
     assert "horovod     0.28.1 built with: mpi=yes, gloo=yes" in out
     assert "launcher    openmpi; controller mpi; world size 2" in out
     assert "rank 0/2" in out and "rank 1/2" in out
+    assert "MPI library: Open MPI" in out and "\0" not in out  # plain text: Open MPI's version ends in a NUL
