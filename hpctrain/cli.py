@@ -112,9 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     bc.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
     bc.add_argument("--steps", type=int, help="steps per run (default: mlp-21m 150, cnn 500, transformer 100; "
                                                "5 warm-up steps are not timed)")
-    bc.add_argument("--impls", default="hpctrain,horovod,ddp",
-                    help="hpctrain first, then peers: horovod (raw loop, mpirun), ddp (torchrun), torch (plain loop, "
-                         "one process)")
+    bc.add_argument("--impls", help="hpctrain first, then peers: horovod (raw loop, mpirun), ddp (torchrun), torch "
+                                    "(plain loop, one process); default hpctrain,horovod,ddp")
     bc.add_argument("--launcher", default="mpirun", choices=["mpirun", "direct"],
                     help="how hpctrain and the raw Horovod loop start: mpirun, or direct (one process, no MPI "
                          "launcher; --ranks 1)")

@@ -80,9 +80,8 @@ def _sampler(n: int, batch: int, rt: Runtime, seed: int, remainder: str) -> Glob
 
 def synthetic_arrays(spec: models.SampleSpec, n: int, seed: int,
                      sample_seed: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    if spec.input_dtype == torch.int64:
-        return synthetic.token_sequences(n, spec.input_shape[0], spec.num_classes, seed, sample_seed=sample_seed)
-    return synthetic.classification(n, spec.input_shape, spec.num_classes, seed, sample_seed=sample_seed)
+    return synthetic.samples(n, spec.input_shape, spec.num_classes, seed, spec.input_dtype == torch.int64,
+                             sample_seed=sample_seed)
 
 
 class ValidationSet:

@@ -34,6 +34,7 @@ MODELS = {  # name: the `hpctrain train` overrides that define it (model and per
 # that a few ms of scheduling noise do not decide a ratio.
 STEPS = {"mlp-21m": 150, "cnn": 500, "transformer": 100}
 IMPLS = ("hpctrain", "horovod", "ddp", "torch")
+DEFAULT_IMPLS = IMPLS[:3]  # the plain torch loop only on request: it runs one process
 
 
 def _bin(name: str) -> str:
@@ -90,7 +91,8 @@ def run_once(impl: str, model: str, ranks: int, steps: int, launcher: str = "mpi
 
 
 def compare(models: list[str], ranks: list[int], rounds: int, steps: int | None,
-            impls: tuple[str, ...] = IMPLS[:3], launcher: str = "mpirun", batch: int | None = None) -> dict[str, Any]:
+            impls: tuple[str, ...] = DEFAULT_IMPLS, launcher: str = "mpirun",
+            batch: int | None = None) -> dict[str, Any]:
     """Every implementation in ``impls`` (hpctrain first) once per round, for each model and rank count."""
     raw: dict[str, list[float]] = {}
     for r in range(rounds):
@@ -133,7 +135,7 @@ def _spread(ratios: list[float]) -> str:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    impls = result.get("impls", IMPLS[:3])
+    impls = result.get("impls", DEFAULT_IMPLS)
     peers = impls[1:]
     lines = [f"{'model':11s} {'ranks':>5s} " + " ".join(f"{i:>10s}" for i in impls) + "".join(
         f" {'vs ' + p:>11s} {'(rounds)':>11s}" for p in peers)]
@@ -161,7 +163,7 @@ def main(args: Any) -> int:
     if unknown:
         raise UserError(f"--models: unknown {', '.join(unknown)}; known: {', '.join(MODELS)}")
     ranks = [int(v) for v in args.ranks.split(",")]
-    impls = tuple(args.impls.split(","))
+    impls = tuple(args.impls.split(",")) if args.impls else DEFAULT_IMPLS
     check_impls(impls, ranks, args.launcher)
     result = compare(models, ranks, args.rounds, args.steps, impls, args.launcher, args.batch)
     print(format_table(result))

@@ -26,6 +26,7 @@ import torch
 from hpctrain import models
 from hpctrain.config import Config, load
 from hpctrain.data import synthetic
+from hpctrain.runtime import cpu_threads
 
 
 def problem(cfg: Config, local_size: int, local_rank: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -33,15 +34,13 @@ def problem(cfg: Config, local_size: int, local_rank: int) -> tuple[torch.nn.Mod
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    else:  # the rule hpctrain applies (runtime.cpu_threads, unbound case): a share of the cores per rank
-        device = torch.device("cpu")
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
-    torch.manual_seed(cfg.train.seed)
-    spec, n, seed = models.sample_spec(cfg.model), cfg.train.batch_size * 8, cfg.train.seed
-    if spec.input_dtype == torch.int64:  # not hpctrain.train.synthetic_arrays: DDP's process imports no Horovod
-        x, y = synthetic.token_sequences(n, spec.input_shape[0], spec.num_classes, seed)
     else:
-        x, y = synthetic.classification(n, spec.input_shape, spec.num_classes, seed)
+        device = torch.device("cpu")
+        torch.set_num_threads(cpu_threads(local_size))  # hpctrain's rule: a share of the cores per rank
+    torch.manual_seed(cfg.train.seed)
+    spec = models.sample_spec(cfg.model)
+    x, y = synthetic.samples(cfg.train.batch_size * 8, spec.input_shape, spec.num_classes, cfg.train.seed,
+                             spec.input_dtype == torch.int64)
     return models.build(cfg.model).to(device), torch.from_numpy(x), torch.from_numpy(y)
 
 

@@ -64,3 +64,12 @@ def token_sequences(num_samples: int, seq_len: int, vocab_size: int, seed: int, 
     for t in range(seq_len):
         seq[:, t + 1] = successors[seq[:, t], choices[:, t]]
     return seq[:, :-1].copy(), seq[:, 1:].copy()
+
+
+def samples(num_samples: int, input_shape: tuple[int, ...], num_classes: int, seed: int, tokens: bool,
+            sample_seed: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Classification samples, or with ``tokens`` next-token sequences (``input_shape`` is ``(seq_len,)`` and
+    ``num_classes`` the vocabulary): what a model with that sample shape trains on."""
+    if tokens:
+        return token_sequences(num_samples, input_shape[0], num_classes, seed, sample_seed=sample_seed)
+    return classification(num_samples, input_shape, num_classes, seed, sample_seed=sample_seed)
