@@ -167,6 +167,23 @@ def load(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return tensors, state
 
 
+def rebuild_model(path: Path, state: dict[str, Any], key: str) -> torch.nn.Module:
+    """The model a checkpoint was trained with, from its recorded config alone (a built-in name, or the
+    user's import path and args); a path that no longer imports fails naming the checkpoint."""
+    from hpctrain import config as config_mod
+    from hpctrain import models
+
+    saved = state.get("model_given")
+    if saved == "object":
+        raise CheckpointError(f"{key} {path}: its model was handed to hpctrain.fit as an object, so the checkpoint "
+                              "cannot rebuild it: pass the model again (or train it by import path)", agreed=True)
+    cfg = config_mod.from_dict(state["config"], str(path / STATE_FILE)).model
+    try:
+        return models.build(cfg)
+    except UserError as e:
+        raise CheckpointError(f"{key} {path}: {e}", agreed=True) from None
+
+
 def prune(root: Path, keep: int) -> None:
     """Keep the newest ``keep`` complete checkpoints; remove older ones and stale temporaries."""
     complete = [p for p in candidates(root) if (p / MANIFEST).exists()]
@@ -208,10 +225,15 @@ class Checkpointer:
         self._thread: threading.Thread | None = None
         self._error: str | None = None
         self._last_time = time.monotonic()
+        self._last_step: int | None = None  # the step last saved (on every rank: saving is collective)
 
     def due(self, step: int) -> bool:
         """Step-based trigger (the same on every rank)."""
         return bool(self.cfg.every_steps) and step % self.cfg.every_steps == 0
+
+    def has(self, step: int) -> bool:
+        """True when this run already saved ``step`` (the end of training right after a periodic save)."""
+        return self._last_step == step
 
     def time_due(self) -> bool:
         """Time-based trigger as this rank sees it; the ranks agree on it before acting (see StopFlag)."""
@@ -221,6 +243,7 @@ class Checkpointer:
         """Start (async) or do (sync) a checkpoint of ``step`` on rank 0. Returns the error of this or the
         previous write, if any (rank 0 only)."""
         self._last_time = time.monotonic()
+        self._last_step = step
         if not self.is_root:
             return None
         t0 = time.perf_counter()
@@ -308,6 +331,105 @@ class StopFlag:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+class StopVote:
+    """Every ``fault.signal_check_every`` steps the ranks agree on the stop signal any rank got (0 for none)
+    and whether a time-based checkpoint is due on any rank, with one tiny all-reduce. It is started at one
+    check and read at the next, so it travels with the next step's gradients instead of costing a round
+    trip of its own; every rank reads the same result at the same step: decided together."""
+
+    def __init__(self, every: int, flag: StopFlag, checkpointer: Checkpointer) -> None:
+        self.every, self.flag, self.checkpointer = every, flag, checkpointer
+        self.size = 1
+        self._handle: int | None = None  # the flags all-reduce in flight
+
+    def join(self, size: int) -> None:
+        """At the start and after an elastic reset: an all-reduce of the old world never completes."""
+        self.size, self._handle = size, None
+
+    def vote(self, step: int) -> tuple[int, bool]:
+        """(signal number or 0, time-based checkpoint due) as agreed by every rank after ``step``."""
+        if step % self.every:
+            return 0, False
+        if self.size == 1:  # nothing to agree on; a collective would still cost a Horovod cycle
+            return self.flag.signum or 0, self.checkpointer.time_due()
+        import horovod.torch as hvd
+
+        stop_signal, timed = self.drain()
+        if not (stop_signal or timed):  # else the caller stops or checkpoints now: flags start afresh next check
+            flags = torch.tensor([self.flag.signum or 0, self.checkpointer.time_due()], dtype=torch.int32)
+            self._handle = hvd.allreduce_async(flags, op=hvd.Max, name="hpctrain.flags")  # dist
+        return stop_signal, timed
+
+    def drain(self) -> tuple[int, bool]:
+        """The vote in flight, if any (call before leaving the loop: no collective may be left pending)."""
+        if self._handle is None:
+            return 0, False
+        import horovod.torch as hvd
+
+        flags, self._handle = hvd.synchronize(self._handle), None  # dist
+        return int(flags[0]), bool(flags[1])
+
+
+def select_resume(resume: str, root: Path, is_root: bool, elastic: bool) -> Path | None:
+    """Rank 0 picks the checkpoint (newest that verifies, saying why newer ones were passed over) and
+    broadcasts the choice; a collective (in elastic runs every rank picks, from the same files)."""
+    choice: tuple[str | None, str | None] = (None, None)  # (path, error)
+    if (is_root or elastic) and resume != "never":
+        if resume == "auto":
+            path, skipped = latest_good(root)
+            for reason in skipped:
+                log.warning("not resuming from %s", reason)
+            choice = (str(path) if path else None, None)
+        else:
+            path, reason = resolve(Path(resume))
+            choice = (str(path), None) if reason is None else (None, f"--resume {resume}: {reason}")
+    if not elastic:  # dist: elastic ranks each choose (same files, same choice): a joining worker may not broadcast
+        import horovod.torch as hvd
+
+        choice = hvd.broadcast_object(choice, root_rank=0, name="hpctrain.resume")
+    path, error = choice
+    if error is not None:
+        raise CheckpointError(error, agreed=True)
+    return Path(path) if path else None
+
+
+# Settings whose change makes a checkpoint's tensors not fit: named in the error instead of a KeyError.
+STATE_SHAPING = ("model", "optim.name")
+
+
+def config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """The first setting (of :data:`STATE_SHAPING`) that differs between a checkpoint's config and this run's,
+    as ``key: checkpoint value -> this run's``; None when they agree."""
+    for key in STATE_SHAPING:
+        section, _, name = key.partition(".")
+        a, b = saved.get(section, {}), current.get(section, {})
+        if name:
+            a, b = {name: a.get(name)}, {name: b.get(name)}
+        for k in sorted(set(a) | set(b)):
+            if k == "sync_batchnorm":  # the same tensors either way
+                continue
+            if a.get(k) != b.get(k):
+                return f"{section}.{k} was {a.get(k)!r} in the checkpoint, {b.get(k)!r} now"
+    return None
+
+
+def check_writable(directory: Path, need_bytes: int, key: str) -> str | None:
+    """Why ``directory`` cannot take a checkpoint (created if missing; a probe file written and removed; free
+    space against ``need_bytes``), or None when it can."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".hpctrain-probe-{os.getpid()}"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as e:
+        return f"{key}: {directory} is not writable ({e.strerror or e}): fix its permissions or choose another"
+    free = shutil.disk_usage(directory).free
+    if free < need_bytes:
+        return (f"{key}: {directory} has {free / 2**20:.0f} MiB free, a checkpoint needs about "
+                f"{need_bytes / 2**20:.0f} MiB: free space or choose another directory")
+    return None
 
 
 class Watchdog:

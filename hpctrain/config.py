@@ -3,14 +3,16 @@
 Every check a user can fail happens here, before any rank communicates, and raises :class:`ConfigError`
 naming the offending key; ``hpctrain.cli`` turns that into one line on stderr and exit code 2.
 
-Each section is owned by the component that uses it (``Trainer`` gets ``cfg.train``, the optimizer
-``cfg.optim``...). Field help lives in ``metadata["help"]`` so that ``hpctrain config --help``-style
-listings and ``docs/configuration.md`` come from the same source.
+Each section is owned by the component that uses it (the optimizer gets ``cfg.optim``, the checkpointer
+``cfg.checkpoint``, the data builder ``cfg.data``...); the ``Trainer`` composes them and so holds the whole
+tree. Field help lives in ``metadata["help"]`` so that ``hpctrain config --keys`` and
+``docs/configuration.md`` come from the same source.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import tomllib
 import types
@@ -38,7 +40,25 @@ class ConfigError(UserError):
 
 
 def _f(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's name
+    if isinstance(default, (dict, list)):  # a fresh table or list per instance
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
+
+
+BUILTIN_MODELS = ("mlp", "cnn", "transformer")  # the names hpctrain.models.REGISTRY resolves (unit-tested)
+BUILTIN_LOSSES = ("auto", "cross_entropy", "mse")  # hpctrain.models.LOSSES
+
+
+def is_import_path(text: str) -> bool:
+    """``package.module:callable`` (the callable may be dotted: ``module:Class.factory``)."""
+    module, sep, attr = text.partition(":")
+    return bool(sep) and all(part.isidentifier() for part in (*module.split("."), *attr.split(".")))
+
+
+def _check_component(value: str, key: str, builtin: tuple[str, ...], empty_ok: bool = False) -> None:
+    ok = value in builtin or is_import_path(value) or (empty_ok and value == "")
+    names = ", ".join(builtin)
+    _check(ok, key, f"{value!r} is neither one of {names} nor an import path \"package.module:callable\"")
 
 
 @dataclass
@@ -72,8 +92,12 @@ class TrainConfig:
     grad_accum: int = _f(1, "micro-batches per step: the batch is split in this many backward passes and "
                             "all-reduced once (Horovod backward_passes_per_step)")
     clip_norm: float = _f(0.0, "clip the averaged gradients to this global L2 norm (0 = no clipping)")
+    loss: str = _f("auto", "cross_entropy (class or token targets), mse (real-valued targets), auto (the one "
+                           "that fits the targets' type), or \"module:callable\" taking (outputs, targets) and "
+                           "returning a scalar tensor")
 
     def __post_init__(self) -> None:
+        _check_component(self.loss, "train.loss", BUILTIN_LOSSES)
         _check(self.steps >= 1, "train.steps", "must be >= 1")
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _check(self.seed >= 0, "train.seed", "must be >= 0")
@@ -87,7 +111,12 @@ class TrainConfig:
 
 @dataclass
 class ModelConfig:
-    name: Literal["mlp", "cnn", "transformer"] = _f("mlp", "model from the registry in hpctrain.models")
+    name: str = _f("mlp", "a built-in model (mlp, cnn, transformer) or an import path \"package.module:callable\" "
+                          "returning a torch.nn.Module (built with [model.args] as keyword arguments)")
+    args: dict[str, Any] = _f({}, "keyword arguments of a model given by import path (a [model.args] table; "
+                                  "override one as model.args.KEY=VALUE)")
+    sync_batchnorm: bool = _f(False, "convert BatchNorm layers to Horovod's SyncBatchNorm: batch statistics over "
+                                     "the global batch, not each rank's part")
     width: int = _f(256, "hidden width (mlp), base channels (cnn), model dimension (transformer)")
     depth: int = _f(2, "hidden layers (mlp), residual blocks (cnn), transformer layers (transformer)")
     num_classes: int = _f(10, "output classes (mlp, cnn)")
@@ -99,18 +128,23 @@ class ModelConfig:
     heads: int = _f(4, "attention heads (transformer); must divide width")
 
     def __post_init__(self) -> None:
+        _check_component(self.name, "model.name", BUILTIN_MODELS)
+        _check(not self.args or self.name not in BUILTIN_MODELS, "model.args",
+               f"is for models given by import path; the built-in {self.name!r} takes model.width, model.depth...")
         for key in ("width", "depth", "num_classes", "input_dim", "in_channels", "image_size", "vocab_size",
                     "seq_len", "heads"):
             _check(getattr(self, key) >= 1, f"model.{key}", "must be >= 1")
-        if self.name == "transformer":
+        if self.name == "transformer":  # the built-in's heads split its width
             _check(self.width % self.heads == 0, "model.heads", f"must divide model.width={self.width}")
 
 
 @dataclass
 class DataConfig:
-    source: Literal["synthetic", "hdf5"] = _f(
-        "synthetic", "synthetic = generated in memory from train.seed; hdf5 = a sharded dataset at data.path")
-    path: str = _f("", "hdf5: training dataset directory (manifest.json + shard-*.h5)")
+    source: Literal["auto", "synthetic", "hdf5"] = _f(
+        "auto", "auto = hdf5 when data.path is set, else synthetic; synthetic = generated in memory from "
+                "train.seed; hdf5 = a sharded dataset at data.path")
+    path: str = _f("", "hdf5: training dataset directory (manifest.json + shard-*.h5); relative paths are "
+                       "relative to the working directory, not to the config file")
     val_path: str = _f("", "hdf5: validation dataset directory (optional)")
     samples: int = _f(8192, "synthetic: number of training samples")
     val_samples: int = _f(0, "synthetic: number of validation samples (0 = no validation)")
@@ -124,8 +158,30 @@ class DataConfig:
         "size", "hdf5: checks at start: size = shard sizes and layout, checksum = also SHA-256 (slow)")
     stage_dir: str = _f("", "copy the datasets to this node-local directory first, once per node "
                             "($VARS expanded, e.g. $TMPDIR); empty = read in place")
+    inputs: list[str] = _f([], "hdf5: the dataset fields the model takes, in order (empty = the manifest's "
+                               "inputs field); several are passed positionally, or by name with "
+                               "data.inputs_by_name")
+    inputs_by_name: bool = _f(False, "pass the input fields as keyword arguments named like the fields")
+    targets: str = _f("", "hdf5: the field the loss compares against (empty = the manifest's targets field)")
+    transform: str = _f("", "\"module:callable\" applied to each training batch on its rank before the forward: "
+                            "transform(inputs, targets, generator) -> (inputs, targets); the torch.Generator is "
+                            "seeded from (train.seed, rank, step), so a resumed run sees the same batches")
+    sample_shape: list[int] = _f([], "synthetic data for a model given by import path: shape of one input "
+                                     "sample, e.g. [3, 32, 32] (built-in models know their own)")
+    sample_kind: Literal["classes", "tokens"] = _f(
+        "classes", "synthetic data for a model given by import path: classes = real inputs and one class "
+                   "label each; tokens = token sequences and next-token targets")
+    num_classes: int = _f(0, "synthetic data for a model given by import path: classes, or the vocabulary for "
+                             "tokens")
 
     def __post_init__(self) -> None:
+        _check(self.source != "synthetic" or not self.path, "data.path",
+               f"is set ({self.path!r}) but data.source = \"synthetic\" ignores it: remove one of the two "
+               "(data.source = \"auto\" reads the path)")
+        _check_component(self.transform, "data.transform", (), empty_ok=True)
+        _check(all(d >= 1 for d in self.sample_shape), "data.sample_shape", "sizes must be >= 1")
+        _check(self.num_classes >= 0, "data.num_classes", "must be >= 0")
+        _check(len(set(self.inputs)) == len(self.inputs), "data.inputs", "names a field twice")
         _check(self.samples >= 1, "data.samples", "must be >= 1")
         _check(self.val_samples >= 0, "data.val_samples", "must be >= 0")
         _check(self.shuffle_window >= 1, "data.shuffle_window", "must be >= 1")
@@ -133,14 +189,25 @@ class DataConfig:
         _check(self.prefetch >= 1, "data.prefetch", "must be >= 1")
         _check(self.read_threads >= 1, "data.read_threads", "must be >= 1")
         _check(self.source != "hdf5" or self.path != "", "data.path", "is required when data.source = \"hdf5\"")
+        _check(not self.val_path or self.reads_files, "data.val_path",
+               "needs a training dataset too: set data.path")
+
+    @property
+    def reads_files(self) -> bool:
+        """True when the training data is a dataset on disk (data.source, with auto resolved)."""
+        return self.source == "hdf5" or (self.source == "auto" and self.path != "")
 
 
 @dataclass
 class EvalConfig:
     every_steps: int = _f(0, "evaluate on the validation set every N steps (0 = only at the end)")
     batch_size: int = _f(256, "validation samples per rank per forward pass")
+    metric: str = _f("", "extra validation figure: \"module:callable\" taking (outputs, targets) and returning a "
+                         "scalar (a mean over the batch; hpctrain averages it over every sample); empty = accuracy "
+                         "for class targets only")
 
     def __post_init__(self) -> None:
+        _check_component(self.metric, "eval.metric", (), empty_ok=True)
         _check(self.every_steps >= 0, "eval.every_steps", "must be >= 0")
         _check(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
 
@@ -170,6 +237,8 @@ class OptimConfig:
         _check(self.weight_decay >= 0.0, "optim.weight_decay", "must be >= 0")
         _check(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
         _check(self.min_lr >= 0.0, "optim.min_lr", "must be >= 0")
+        _check(self.min_lr <= self.lr, "optim.min_lr", f"must not exceed optim.lr={self.lr} (it is the floor the "
+                                                       "schedule decays to)")
         _check(self.decay != "step" or self.step_size >= 1, "optim.step_size", "must be >= 1 with decay = \"step\"")
         _check(not self.nesterov or (self.name == "sgd" and self.momentum > 0), "optim.nesterov",
                "needs optim.name = \"sgd\" and optim.momentum > 0")
@@ -269,11 +338,23 @@ def _sections() -> dict[str, type]:
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Check ``value`` against a field's annotation; ints are accepted where floats are expected."""
-    if typing.get_origin(hint) is Literal:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, allowed))}")
         return value
+    if origin is dict:  # a free table (model.args): its values are the user's, passed on as they are
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table ([{key}] or {key}.NAME=VALUE), got {value!r}")
+        return dict(value)
+    if origin is list:
+        item = typing.get_args(hint)[0]
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and item is type(value):
+            value = [value]  # a single name or size stands for a list of one
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if hint is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
@@ -298,13 +379,19 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     raise TypeError(f"unsupported config annotation {hint!r} for {key}")  # a bug in this module, not user input
 
 
+def _did_you_mean(word: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
 def from_dict(tree: dict[str, Any], source: str = "config") -> Config:
     """Build and validate a :class:`Config` from nested ``{section: {key: value}}`` data."""
     sections = _sections()
     built: dict[str, Any] = {}
     for name, values in tree.items():
         if name not in sections:
-            raise ConfigError(f"{source}: unknown section [{name}]; valid sections: {', '.join(sections)}")
+            raise ConfigError(f"{source}: unknown section [{name}]; {_did_you_mean(name, list(sections))}"
+                              f"valid sections: {', '.join(sections)}")
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: [{name}] must be a table of key = value")
         cls = sections[name]
@@ -312,25 +399,28 @@ def from_dict(tree: dict[str, Any], source: str = "config") -> Config:
         kwargs = {}
         for key, value in values.items():
             if key not in hints:
-                raise ConfigError(f"{name}.{key}: unknown key; valid keys in [{name}]: {', '.join(hints)}")
+                raise ConfigError(f"{name}.{key}: unknown key; {_did_you_mean(key, list(hints))}"
+                                  f"valid keys in [{name}]: {', '.join(hints)}")
             kwargs[key] = _coerce(f"{name}.{key}", value, hints[key])
         built[name] = cls(**kwargs)
     return Config(**built)
 
 
-def parse_override(text: str) -> tuple[str, str, Any]:
-    """Split ``section.key=value``; the value is read as a TOML value, else taken as a bare string."""
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``section.key=value`` (or ``section.table.name=value`` for a table such as ``model.args``) into
+    the dotted path and the value; the value is read as a TOML value, else taken as a bare string."""
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected section.key=value")
     dotted, raw = text.split("=", 1)
     parts = dotted.strip().split(".")
-    if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"override {text!r}: expected section.key=value (e.g. optim.lr=0.1)")
+    if not 2 <= len(parts) <= 3 or not all(parts):
+        raise ConfigError(f"override {text!r}: expected section.key=value (e.g. optim.lr=0.1, or "
+                          "model.args.depth=4 for a table)")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw  # bare words such as comm.compression=fp16
-    return parts[0], parts[1], value
+    return parts, value
 
 
 def load(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
@@ -343,21 +433,30 @@ def load(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
             tree = tomllib.loads(Path(path).read_text())
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a directory; --config takes a TOML file") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML ({e})") from None
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read config ({getattr(e, 'strerror', None) or e})") from None
     for text in overrides:
-        section, key, value = parse_override(text)
-        tree.setdefault(section, {})
-        if not isinstance(tree[section], dict):
-            raise ConfigError(f"{source}: [{section}] must be a table of key = value")
-        tree[section][key] = value
+        parts, value = parse_override(text)
+        node = tree
+        for i, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                where = f"[{'.'.join(parts[:i + 1])}]"
+                raise ConfigError(f"{source}: {where} must be a table of key = value (override {text!r})")
+        node[parts[-1]] = value
     return from_dict(tree, source)
 
 
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
     return dataclasses.asdict(cfg)
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else _toml_value(key)
 
 
 def _toml_value(value: Any) -> str:
@@ -367,6 +466,10 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
@@ -387,7 +490,15 @@ def describe() -> str:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             hint = hints[f.name]
-            kind = "|".join(map(str, typing.get_args(hint))) if typing.get_origin(hint) is Literal \
-                else getattr(hint, "__name__", str(hint))
-            out.append(f"{section}.{f.name} ({kind}, default {f.default!r}): {f.metadata.get('help', '')}")
+            origin = typing.get_origin(hint)
+            if origin is Literal:
+                kind = "|".join(map(str, typing.get_args(hint)))
+            elif origin is dict:
+                kind = "table"
+            elif origin is list:
+                kind = f"list of {typing.get_args(hint)[0].__name__}"
+            else:
+                kind = getattr(hint, "__name__", str(hint))
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+            out.append(f"{section}.{f.name} ({kind}, default {default!r}): {f.metadata.get('help', '')}")
     return "\n".join(out)

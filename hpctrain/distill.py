@@ -47,3 +47,26 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
                     reduction="batchmean") * (t * t)
     hard = F.cross_entropy(student, target.reshape(-1))
     return alpha * soft + (1 - alpha) * hard
+
+
+def load_teacher(path: str, device: torch.device) -> torch.nn.Module:
+    """The distillation teacher: a verified checkpoint, rebuilt from the model config saved in it (a built-in
+    name or the user's import path and args); every rank reads the same files, so a bad path fails on every
+    rank alike."""
+    from pathlib import Path
+
+    from hpctrain import checkpoint
+
+    ckpt, reason = checkpoint.resolve(Path(path))
+    if ckpt is None:
+        raise checkpoint.CheckpointError(f"distill.teacher {path}: {reason}", agreed=True)
+    tensors, state = checkpoint.load(ckpt)
+    teacher = checkpoint.rebuild_model(ckpt, state, "distill.teacher").to(device)
+    try:
+        teacher.load_state_dict(tensors["model.pt"])
+    except RuntimeError as e:
+        raise checkpoint.CheckpointError(f"distill.teacher {ckpt}: its weights do not fit the model it names "
+                                         f"({str(e).splitlines()[0]})", agreed=True) from None
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher

@@ -1,24 +1,33 @@
-"""The model registry: name -> builder, plus what one sample looks like to that model.
+"""Models and losses: the built-in registry, users' models and losses by import path, and what one sample
+looks like to a built-in model.
 
-Every model returns logits whose last dimension is the class (or vocabulary) axis, so one loss,
+Every built-in model returns logits whose last dimension is the class (or vocabulary) axis, so one loss,
 ``cross_entropy(logits.reshape(-1, C), target.reshape(-1))``, serves classification and language modelling.
-Normalisation is GroupNorm, not BatchNorm: batch statistics would make a 2-rank run differ from a 1-rank
-run over the same global batch, and per-rank running buffers would drift apart between ranks.
+Their normalisation is GroupNorm, not BatchNorm: batch statistics would make a 2-rank run differ from a
+1-rank run over the same global batch (users' BatchNorm models can use ``model.sync_batchnorm``).
+
+Users' models may return a tensor, a tuple or list (the first element is the logits), a dict with
+``"logits"``, or an object with ``.logits`` (Hugging Face outputs); the built-in losses and the accuracy
+read the logits from any of these, a user's loss gets the outputs as the model returned them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hpctrain import components
+from hpctrain.config import ConfigError
+
 
 class ModelSpec(Protocol):  # the subset of hpctrain.config.ModelConfig the builders read
     name: str
+    args: dict[str, Any]
     width: int
     depth: int
     num_classes: int
@@ -113,7 +122,12 @@ REGISTRY: dict[str, Callable[[ModelSpec], nn.Module]] = {
 }
 
 
+def is_builtin(name: str) -> bool:
+    return name in REGISTRY
+
+
 def sample_spec(cfg: ModelSpec) -> SampleSpec:
+    """What one sample of a built-in model looks like (users' models are checked by a forward instead)."""
     if cfg.name == "mlp":
         return SampleSpec((cfg.input_dim,), torch.float32, (), cfg.num_classes)
     if cfg.name == "cnn":
@@ -124,20 +138,79 @@ def sample_spec(cfg: ModelSpec) -> SampleSpec:
 
 
 def build(cfg: ModelSpec) -> nn.Module:
-    """Build a registered model; initialisation draws from torch's global RNG (seed it first)."""
-    try:
-        builder = REGISTRY[cfg.name]
-    except KeyError:
-        raise KeyError(f"unknown model {cfg.name!r}; registered: {', '.join(REGISTRY)}") from None
-    return builder(cfg)
+    """Build a registered model, or call the user's ``module:callable`` with ``model.args``; initialisation
+    draws from torch's global RNG (seed it first)."""
+    if cfg.name in REGISTRY:
+        return REGISTRY[cfg.name](cfg)
+    fn = components.resolve(cfg.name, "model.name")
+    args = ", ".join(f"{k}={v!r}" for k, v in cfg.args.items())
+    model = components.call(fn, "model.name", f"{cfg.name}({args})", **cfg.args)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model.name: {cfg.name} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
 
 
-def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over every predicted position (one per sample, or one per token); mean squared
-    error where the targets are real numbers (regression)."""
-    if target.is_floating_point():
-        return F.mse_loss(logits, target)
+def logits_of(outputs: Any, key: str = "model.name") -> torch.Tensor:
+    """The logits in whatever a model's forward returned (see the module docstring)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    if isinstance(outputs, Mapping) and isinstance(outputs.get("logits"), torch.Tensor):
+        return outputs["logits"]
+    if isinstance(getattr(outputs, "logits", None), torch.Tensor):
+        return outputs.logits  # type: ignore[no-any-return]
+    if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], torch.Tensor):
+        return outputs[0]
+    raise ConfigError(f"{key}: the model returned {type(outputs).__name__}, where the built-in losses need a "
+                      "tensor of logits, a tuple/list starting with one, a dict with 'logits' or an object "
+                      "with .logits: return one of these, or set train.loss to your own \"module:callable\"")
+
+
+def cross_entropy(outputs: Any, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over every predicted position (one per sample, or one per token)."""
+    logits = logits_of(outputs)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+
+
+def mse(outputs: Any, target: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(logits_of(outputs), target)
+
+
+def loss_fn(outputs: Any, target: torch.Tensor) -> torch.Tensor:
+    """``train.loss = "auto"``: cross-entropy for class or token targets, mean squared error where the
+    targets are real numbers (regression)."""
+    return mse(outputs, target) if target.is_floating_point() else cross_entropy(outputs, target)
+
+
+LOSSES: dict[str, Callable[[Any, torch.Tensor], torch.Tensor]] = {
+    "auto": loss_fn,
+    "cross_entropy": cross_entropy,
+    "mse": mse,
+}
+
+
+def build_loss(name: str) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+    """``train.loss``: a built-in name or the user's ``module:callable``."""
+    return LOSSES[name] if name in LOSSES else components.resolve(name, "train.loss")
+
+
+def to_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """Replace every BatchNorm layer by Horovod's SyncBatchNorm (statistics over the global batch), keeping
+    its parameters and running buffers."""
+    import horovod.torch as hvd
+
+    if isinstance(model, nn.modules.batchnorm._BatchNorm) and not isinstance(model, hvd.SyncBatchNorm):
+        sync = hvd.SyncBatchNorm(model.num_features, model.eps, model.momentum, model.affine,  # dist
+                                 model.track_running_stats)
+        sync.load_state_dict(model.state_dict())
+        sync.train(model.training)
+        return sync
+    for name, child in model.named_children():
+        setattr(model, name, to_sync_batchnorm(child))
+    return model
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def num_parameters(model: nn.Module) -> int:

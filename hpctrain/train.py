@@ -1,5 +1,10 @@
-"""The training loop, readable top to bottom. It composes config, runtime, data, model, optimizer and
-metrics; the policy of each stays in its own module."""
+"""The training loop, readable top to bottom. It composes config, runtime, data, model, optimizer,
+checkpoints, fault handling and metrics; the policy of each stays in its own module.
+
+A run's parts (model, loss, data, batch transform, metric) come from the config, or from a user's script
+through :func:`hpctrain.fit`, which hands them over as :class:`Parts`; either way the same ``Trainer`` runs
+them, with the same guarantees.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,141 +22,148 @@ import horovod
 import horovod.torch as hvd
 import numpy as np
 import torch
+from torch import nn
 
 import hpctrain
-from hpctrain import checkpoint, distill, models, optim, runtime, schedule
+from hpctrain import checkpoint, components, distill, models, optim, runtime, schedule
 from hpctrain import config as config_mod
-from hpctrain.checkpoint import Checkpointer, CheckpointError, StopFlag, Watchdog, capture_rng, restore_rng
-from hpctrain.config import Config, ConfigError, DataConfig, UserError
-from hpctrain.data import synthetic
-from hpctrain.data.format import Manifest
-from hpctrain.data.memory import InMemorySource
-from hpctrain.data.reader import ShardedReader, ShardFiles, eval_ids, open_dataset
-from hpctrain.data.sampler import GlobalBatchSampler
-from hpctrain.data.stage import stage
+from hpctrain.checkpoint import Checkpointer, CheckpointError, StopFlag, StopVote, Watchdog, capture_rng, restore_rng
+from hpctrain.config import Config, ConfigError, UserError
+from hpctrain.data import pipeline
+from hpctrain.data.pipeline import BatchOptions, DataPipeline, Given, SampleShape
 from hpctrain.metrics import PHASES, Metrics, params_sha256
 from hpctrain.runtime import Runtime, rank_seed, seed_everything
 
 log = logging.getLogger(__name__)
 
-
-def check_compatible(model: str, spec: models.SampleSpec, manifest: Manifest, path: str) -> None:
-    """The dataset's input and target fields must be what the configured model takes."""
-    x, y = manifest.field(manifest.inputs), manifest.field(manifest.targets)
-    if tuple(x.shape) != spec.input_shape:
-        raise ConfigError(f"{path}: field {x.name!r} has samples of shape {list(x.shape)} but model "
-                          f"{model!r} takes {list(spec.input_shape)}: adjust the [model] section")
-    if np.dtype(x.dtype).kind != ("i" if spec.input_dtype == torch.int64 else "f"):
-        raise ConfigError(f"{path}: field {x.name!r} is {x.dtype}, model {model!r} takes "
-                          f"{'integer tokens' if spec.input_dtype == torch.int64 else 'real numbers'}")
-    if np.dtype(y.dtype).kind in "iu" and tuple(y.shape) != spec.target_shape:
-        raise ConfigError(f"{path}: target field {y.name!r} has shape {list(y.shape)}, model {model!r} "
-                          f"predicts {list(spec.target_shape)}")
+PROBE_SAMPLES = 4  # samples of the one forward that checks users' parts before any step
 
 
-def resolve_paths(cfg: DataConfig, rt: Runtime) -> tuple[str, str]:
-    """Dataset paths to read from: in place, or staged to node-local storage first (collective)."""
-    if not cfg.stage_dir:
-        return cfg.path, cfg.val_path
-    return tuple(  # type: ignore[return-value]
-        str(rt.agree(lambda p=p: stage(p, cfg.stage_dir, rt.local_rank, hvd.barrier))) if p else ""
-        for p in (cfg.path, cfg.val_path))
+@dataclass
+class Parts:
+    """What a run trains, handed over by a script instead of named in the config (None: from the config).
+
+    ``model`` is an ``nn.Module`` or a zero-argument callable that builds one (called after seeding, so
+    every rank builds the same initial weights); ``loss(outputs, targets)`` and ``metric(outputs, targets)``
+    return scalar tensors; ``transform(inputs, targets, generator)`` returns ``(inputs, targets)``;
+    ``train_data`` and ``val_data`` are a dataset directory, a tuple of arrays ``(inputs..., targets)`` or a
+    map-style ``torch.utils.data.Dataset`` whose items are ``(input, ..., target)`` tuples."""
+
+    model: nn.Module | Callable[[], nn.Module] | None = None
+    loss: Callable[[Any, torch.Tensor], torch.Tensor] | None = None
+    train_data: Any = None
+    val_data: Any = None
+    transform: Callable[..., Any] | None = None
+    metric: Callable[[Any, torch.Tensor], torch.Tensor] | None = None
 
 
-def build_train_source(cfg: Config, rt: Runtime, path: str) -> InMemorySource | ShardedReader:
-    spec = models.sample_spec(cfg.model)
-    seed, batch = cfg.train.seed, cfg.train.batch_size
-    if cfg.data.source == "synthetic":
-        x, y = synthetic_arrays(spec, cfg.data.samples, seed)
-        sampler = rt.agree(lambda: _sampler(len(x), batch, rt, seed, cfg.data.remainder))
-        return InMemorySource(x, y, sampler)
-    manifest = rt.agree(lambda: open_dataset(path, cfg.data.verify))
-    rt.agree(lambda: check_compatible(cfg.model.name, spec, manifest, path))
-    return rt.agree(lambda: ShardedReader(
-        path, manifest, rt.rank, rt.size, batch, seed, cfg.data.remainder, cfg.data.shuffle_window,
-        cfg.data.block_samples, cfg.data.prefetch, cfg.data.read_threads))
+def build_data(cfg: Config, rt: Runtime, parts: Parts) -> DataPipeline:
+    spec = None
+    if models.is_builtin(cfg.model.name) and parts.model is None:
+        s = models.sample_spec(cfg.model)
+        spec = SampleShape(s.input_shape, s.input_dtype == torch.int64, s.num_classes)
+    return pipeline.build(
+        cfg.data, BatchOptions(cfg.train.batch_size, cfg.eval.batch_size, cfg.train.seed), rt, spec,
+        cfg.model.name, hvd.barrier,
+        train=Given(parts.train_data, "train_data") if parts.train_data is not None else None,
+        val=Given(parts.val_data, "val_data") if parts.val_data is not None else None)
 
 
-def _sampler(n: int, batch: int, rt: Runtime, seed: int, remainder: str) -> GlobalBatchSampler:
-    try:
-        return GlobalBatchSampler(n, batch, rt.rank, rt.size, seed, remainder)  # type: ignore[arg-type]
-    except ValueError as e:
-        raise ConfigError(f"data.samples: {e}") from None
+def build_model(cfg: Config, given: nn.Module | Callable[[], nn.Module] | None) -> nn.Module:
+    if given is None:
+        model = models.build(cfg.model)
+    elif isinstance(given, nn.Module):
+        model = given
+    else:
+        model = components.call(given, "model", f"{components.name_of(given)}()")
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model: {components.name_of(given)}() returned {type(model).__name__}, "
+                              "not a torch.nn.Module")
+    if cfg.model.sync_batchnorm:
+        if not models.has_batchnorm(model):
+            log.warning("model.sync_batchnorm = true, but the model has no BatchNorm layer")
+        model = models.to_sync_batchnorm(model)
+    return model
 
 
-def synthetic_arrays(spec: models.SampleSpec, n: int, seed: int,
-                     sample_seed: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    return synthetic.samples(n, spec.input_shape, spec.num_classes, seed, spec.input_dtype == torch.int64,
-                             sample_seed=sample_seed)
-
-
-class ValidationSet:
-    """This rank's share of the validation samples: disjoint, together every sample exactly once."""
-
-    def __init__(self, cfg: Config, rt: Runtime, path: str) -> None:
-        self.batch_size = cfg.eval.batch_size
-        self.files: ShardFiles | None = None
-        if cfg.data.source == "synthetic":
-            n = cfg.data.val_samples
-            self.ids = eval_ids(n, rt.rank, rt.size)
-            spec = models.sample_spec(cfg.model)
-            self.arrays = synthetic_arrays(spec, n, cfg.train.seed, sample_seed=(cfg.train.seed, 7_000_003))
-        else:
-            manifest = rt.agree(lambda: open_dataset(path, cfg.data.verify))
-            rt.agree(lambda: check_compatible(cfg.model.name, models.sample_spec(cfg.model), manifest, path))
-            self.files = ShardFiles(Path(path), manifest, [manifest.inputs, manifest.targets])
-            self.ids = eval_ids(manifest.num_samples, rt.rank, rt.size)
-
-    def batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for a in range(0, len(self.ids), self.batch_size):
-            ids = self.ids[a:a + self.batch_size]
-            if self.files is None:
-                yield self.arrays[0][ids], self.arrays[1][ids]
-            else:
-                m = self.files.manifest
-                fields = self.files.read(ids)
-                yield fields[m.inputs], fields[m.targets]
-
-    def close(self) -> None:
-        if self.files is not None:
-            self.files.close()
+def transform_generator(seed: int, rank: int, step: int) -> torch.Generator:
+    """The generator a batch transform gets: a function of (train.seed, rank, step) only, so a resumed run
+    augments its batches exactly as the uninterrupted run did."""
+    state = np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) % 2**63)
 
 
 class Trainer:
-    """One data-parallel training run on this rank. Extend by subclassing ``train_step``."""
+    """One data-parallel training run on this rank. Extend by subclassing (``train_step``, ``loss``,
+    ``forward``, ``evaluate``); see docs/own-model.md."""
 
-    def __init__(self, cfg: Config, rt: Runtime) -> None:
+    def __init__(self, cfg: Config, rt: Runtime, parts: Parts | None = None) -> None:
+        parts = parts or Parts()
         self.cfg = cfg
         self.rt = rt
         self.run_dir = Path(cfg.run.dir)
-        self.train_path, self.val_path = resolve_paths(cfg.data, rt)
-        self.data = build_train_source(cfg, rt, self.train_path)
-        has_val = cfg.data.val_samples > 0 if cfg.data.source == "synthetic" else bool(self.val_path)
-        self.val = ValidationSet(cfg, rt, self.val_path) if has_val else None
+        self.parts = parts
+        self.data = build_data(cfg, rt, parts)
         self.world_sizes: list[int] = []  # elastic: the world size after each (re)start of the loop
+        self.input_names = self.data.description["train"].get("inputs")
+        if cfg.data.inputs_by_name and not isinstance(self.input_names, list):
+            raise ConfigError("data.inputs_by_name: needs named fields (an HDF5 dataset); this data has none")
         seed_everything(cfg.train.seed)  # same initial weights on every rank, before the broadcast
-        self.model = models.build(cfg.model).to(rt.device)
+        self.model = rt.agree(lambda: build_model(cfg, parts.model)).to(rt.device)
+        self.loss_fn = parts.loss or rt.agree(lambda: models.build_loss(cfg.train.loss))
+        self.metric_fn = parts.metric or (rt.agree(lambda: components.resolve(cfg.eval.metric, "eval.metric"))
+                                          if cfg.eval.metric else None)
+        self.transform = parts.transform or (
+            rt.agree(lambda: components.resolve(cfg.data.transform, "data.transform")) if cfg.data.transform
+            else None)
         self.optimizer = optim.build(self.model, cfg.optim, cfg.comm, cfg.train.grad_accum)
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.precision]
+        if cfg.train.precision == "fp16" and rt.device.type == "cpu" and rt.is_root:
+            log.warning("train.precision = \"fp16\" on a CPU: autocast runs about 27x slower than bf16 here; "
+                        "use train.precision=bf16 (no loss scaler needed)")
         self.scaler = (torch.amp.GradScaler(rt.device.type, init_scale=cfg.train.loss_scale)
                        if cfg.train.precision == "fp16" else None)
-        self.teacher = load_teacher(cfg.distill.teacher, rt) if cfg.distill.teacher else None
+        self.teacher = (rt.agree(lambda: distill.load_teacher(cfg.distill.teacher, rt.device))
+                        if cfg.distill.teacher else None)
+        rt.agree(self.check_first_batch)  # dist: users' parts fail here, on every rank alike, before any step
         self.skipped_steps = 0  # fp16: steps whose gradients overflowed (skipped alike on every rank)
         self.grad_norm: float | None = None  # train.clip_norm: the last step's norm before clipping
         seed_everything(rank_seed(cfg.train.seed, rt.rank))  # dist: per-rank randomness from here on
         self.step = 0
         self.phase_s = np.zeros(len(PHASES))  # this step's seconds in each phase (see train_step)
-        self._flags: int | None = None  # handle of the flags all-reduce in flight (see agree_on_flags)
         self.first_loss: float | None = None
         ckpt_root = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else self.run_dir / "checkpoints"
         self.checkpointer = Checkpointer(cfg.checkpoint, ckpt_root, rt.is_root)
-        self.resumed_from = self.resume(select_resume(cfg.checkpoint.resume, ckpt_root, rt))
-        if rt.elastic:  # dist: no collectives before hvd.elastic.run, whose state.sync() broadcasts rank 0's state
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        else:
+        self.resumed_from = self.resume(checkpoint.select_resume(cfg.checkpoint.resume, ckpt_root, rt.is_root,
+                                                                 rt.elastic))
+        if not rt.elastic:
             optim.broadcast_state(self.model, self.optimizer)  # dist: every rank starts from rank 0's state
+        self.stop_flag = StopFlag()
+        self.stop_vote = StopVote(cfg.fault.signal_check_every, self.stop_flag, self.checkpointer)
+        self.stop_vote.join(rt.size)
+        self.watchdog = Watchdog(cfg.fault, rt.rank, end_job)
+        self.metrics: Metrics | None = None  # opened with the outputs, once there is something to train
+
+    @property
+    def complete(self) -> bool:
+        """True when a resumed checkpoint is already at ``train.steps``: nothing to train, nothing to write."""
+        return self.step >= self.cfg.train.steps
+
+    def open_outputs(self) -> None:
+        """Check that the run and checkpoint directories take files (before the first step, agreed by every
+        rank), write the resolved config and start the metrics."""
+        cfg, rt = self.cfg, self.rt
+        error = None
+        if rt.is_root or rt.elastic:
+            need = 3 * sum(t.numel() * t.element_size() for t in self.model.state_dict().values()) + (1 << 20)
+            error = (checkpoint.check_writable(self.run_dir, 1 << 20, "run.dir")
+                     or checkpoint.check_writable(self.checkpointer.root, need,
+                                                  "checkpoint.dir" if cfg.checkpoint.dir else "run.dir"))
+        if not rt.elastic:
+            error = hvd.broadcast_object(error, root_rank=0, name="hpctrain.dirs")  # dist: one verdict for all
+        if error is not None:
+            raise CheckpointError(error, agreed=True)
         if rt.is_root:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.toml").write_text(config_mod.to_toml(cfg))
         if not rt.elastic:
             hvd.barrier()  # dist: rank 0 has created run_dir before any rank opens files in it
@@ -158,8 +171,92 @@ class Trainer:
                                cfg.train.warmup_steps)
         if self.first_loss is not None:
             self.metrics.first_loss = self.first_loss
-        self.stop_flag = StopFlag()
-        self.watchdog = Watchdog(cfg.fault, rt.rank, end_job)
+        if rt.is_root:
+            log.info("data: %s", describe_data(self.data.description))
+            if self.teacher is not None:
+                log.info("distilling from teacher %s", cfg.distill.teacher)
+
+    # --- users' parts -----------------------------------------------------------------------------------
+    def forward(self, inputs: tuple[torch.Tensor, ...]) -> Any:
+        """The model on one batch's inputs: positionally, or by field name (data.inputs_by_name)."""
+        if self.cfg.data.inputs_by_name:
+            return self.model(**dict(zip(self.input_names, inputs, strict=True)))
+        return self.model(*inputs)
+
+    def to_device(self, batch: pipeline.Batch) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        inputs, target = batch
+        dev = self.rt.device
+        return tuple(torch.as_tensor(x).to(dev) for x in inputs), torch.as_tensor(target).to(dev)
+
+    def apply_transform(self, inputs: tuple[torch.Tensor, ...], target: torch.Tensor, step: int,
+                        rank: int | None = None) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """data.transform on this rank's batch of ``step``: one input goes in as a tensor, several as a tuple."""
+        if self.transform is None:
+            return inputs, target
+        gen = transform_generator(self.cfg.train.seed, self.rt.rank if rank is None else rank, step)
+        out = self.transform(inputs[0] if len(inputs) == 1 else inputs, target, gen)
+        if not (isinstance(out, (tuple, list)) and len(out) == 2):
+            raise ConfigError(f"data.transform: must return (inputs, targets), returned {type(out).__name__}")
+        x, y = out
+        return ((x,) if isinstance(x, torch.Tensor) else tuple(x)), y
+
+    def check_first_batch(self) -> None:
+        """One forward (and loss, and metric) on a few samples of the training and validation data, before
+        anything trains: shapes that do not fit the model, labels outside its classes and users' code that
+        raises all end here with one line naming the key. Draws no random numbers and moves no data position."""
+        sources = [("train", "data.path" if self.cfg.data.reads_files else "train_data", self.data.train.first)]
+        if self.data.val is not None:
+            val = self.data.val
+            sources.append(("val", "data.val_path", lambda n: val._read(val.ids[:n]) if len(val.ids) else None))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                for which, key, first in sources:
+                    batch = first(PROBE_SAMPLES)
+                    if batch is None:
+                        continue
+                    inputs, target = self.to_device(batch)
+                    if which == "train":
+                        inputs, target = components.call(self.apply_transform, "data.transform",
+                                                         "the transform", inputs, target, 0)
+                    shapes = ", ".join(f"{list(x.shape)} {str(x.dtype).removeprefix('torch.')}" for x in inputs)
+                    outputs = components.call(self.forward, "model.name" if self.parts.model is None else "model",
+                                              f"the model's forward on {key} inputs ({shapes})", inputs)
+                    self._check_loss(outputs, target, key)
+                    self._check_labels(outputs, target, which, key)
+        finally:
+            self.model.train(was_training)
+
+    def _check_loss(self, outputs: Any, target: torch.Tensor, key: str) -> None:
+        loss_key = "train.loss" if self.parts.loss is None else "loss"
+        loss = components.call(self.loss_fn, loss_key, f"the loss on {key} targets ({list(target.shape)} "
+                               f"{str(target.dtype).removeprefix('torch.')})", outputs, target)
+        if not (isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.is_floating_point()):
+            raise ConfigError(f"{loss_key}: must return a scalar float tensor, returned "
+                              f"{type(loss).__name__}{list(loss.shape) if isinstance(loss, torch.Tensor) else ''}")
+        if self.metric_fn is not None:
+            metric_key = "eval.metric" if self.parts.metric is None else "metric"
+            value = components.call(self.metric_fn, metric_key, "the metric", outputs, target)
+            if not (isinstance(value, (torch.Tensor, float, int)) and torch.as_tensor(value).numel() == 1):
+                raise ConfigError(f"{metric_key}: must return a scalar, returned {type(value).__name__}")
+
+    def _check_labels(self, outputs: Any, target: torch.Tensor, which: str, key: str) -> None:
+        """Class labels must index the model's outputs (what cross-entropy would otherwise crash on)."""
+        if target.is_floating_point() or not (self.parts.loss is None and self.cfg.train.loss != "mse"):
+            return
+        classes = int(models.logits_of(outputs).shape[-1])
+        desc = self.data.description.get(which, {})
+        where = desc.get("path", key)
+        lo, hi = desc.get("label_range", [int(target.min()), int(target.max())])
+        if lo < 0 or hi >= classes:
+            raise ConfigError(f"{key}: {where} has labels {lo}..{hi} but the model predicts {classes} classes "
+                              "(0.." f"{classes - 1}): set the model's number of classes (model.num_classes, or "
+                              "your model's argument) to at least " f"{hi + 1}, or fix the labels")
+        declared = desc.get("num_classes")
+        if isinstance(declared, int) and declared > classes:
+            raise ConfigError(f"{key}: {where} declares num_classes = {declared} in its manifest but the model "
+                              f"predicts {classes}: set the model's number of classes to {declared}")
 
     # --- checkpoint state -------------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -169,23 +266,32 @@ class Trainer:
                    "extra.pt": {"rng": rngs, "lr_scheduler": {},  # the schedule is a function of the step
                                 "loss_scaler": self.scaler.state_dict() if self.scaler else {}}}
         state = {"step": self.step, "world_size": self.rt.size, "batch_size": self.cfg.train.batch_size,
-                 "data": self.data.state_dict(), "first_loss": self.metrics.first_loss,
-                 "config": config_mod.to_dict(self.cfg),
-                 "versions": {"hpctrain": hpctrain.__version__, "torch": torch.__version__,
-                              "horovod": horovod.__version__}}
+                 "data": self.data.train.state_dict(),
+                 "first_loss": self.metrics.first_loss if self.metrics else self.first_loss,
+                 "config": config_mod.to_dict(self.cfg), "model_given": self.model_given, "versions": versions()}
         return tensors, state
+
+    @property
+    def model_given(self) -> str:
+        """How the model came: "config" (rebuildable from the checkpoint alone) or "object" (from a script)."""
+        return "config" if self.parts.model is None else "object"
 
     def resume(self, path: Path | None) -> Path | None:
         """Load a checkpoint chosen by rank 0 (the same on every rank); None when starting fresh."""
         if path is None:
             return None
         tensors, state = checkpoint.load(path)
+        differs = checkpoint.config_mismatch(state.get("config", {}), config_mod.to_dict(self.cfg))
+        if differs:
+            raise CheckpointError(f"{path}: written with another setting ({differs}): resume with the checkpoint's "
+                                  "setting, or start afresh with --resume never (or another run.dir)", agreed=True)
         try:
             self.model.load_state_dict(tensors["model.pt"])
             self.optimizer.load_state_dict(tensors["optimizer.pt"])
-            self.data.load_state_dict(state["data"])
+            self.data.train.load_state_dict(state["data"])
         except (RuntimeError, ValueError, KeyError, UserError) as e:
-            raise CheckpointError(f"{path}: does not fit this run ({e}); resume with the config it was "
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{path}: does not fit this run ({first}); resume with the config it was "
                                   "written with, or start fresh with --resume never", agreed=True) from None
         rngs = tensors["extra.pt"]["rng"]
         if self.scaler and tensors["extra.pt"].get("loss_scaler"):
@@ -217,7 +323,7 @@ class Trainer:
         if self.rt.is_root:
             log.warning("%s (checkpoint.on_error=continue: training goes on without this checkpoint)", error)
 
-    def train_step(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def train_step(self, inputs: tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
         """One optimizer step over ``train.grad_accum`` micro-batches; records how long each phase took in
         ``self.phase_s`` (the step-time breakdown: a few clock reads, cheap enough to leave on). On a GPU the
         phases are those of the host thread."""
@@ -227,7 +333,8 @@ class Trainer:
         self.optimizer.zero_grad()
         n = cfg.grad_accum
         # one micro-batch is the common case: no split, no extra ops (each costs a kernel launch on a GPU)
-        micro = zip(inputs.chunk(n), target.chunk(n), strict=True) if n > 1 else ((inputs, target),)
+        micro = (zip(zip(*(x.chunk(n) for x in inputs), strict=True), target.chunk(n), strict=True) if n > 1
+                 else ((inputs, target),))
         losses = []
         for x, y in micro:
             with self.autocast():
@@ -262,14 +369,16 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.rt.device.type, dtype=self.autocast_dtype)
 
-    def loss(self, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The training loss of one micro-batch: the model's own, or mixed with a teacher's soft targets."""
+    def loss(self, inputs: tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
+        """The training loss of one micro-batch: train.loss of the outputs, or mixed with a teacher's soft
+        targets."""
         if self.teacher is None:
-            return models.loss_fn(self.model(inputs), target)
+            return self.loss_fn(self.forward(inputs), target)
         with torch.no_grad():
-            soft = self.teacher(inputs)
+            soft = models.logits_of(self.teacher(*inputs))
         d = self.cfg.distill
-        return distill.distillation_loss(self.model(inputs), soft, target, d.temperature, d.alpha)
+        return distill.distillation_loss(models.logits_of(self.forward(inputs)), soft, target, d.temperature,
+                                         d.alpha)
 
     def lr_at(self, step: int) -> float:
         o = self.cfg.optim
@@ -278,6 +387,8 @@ class Trainer:
                               o.step_size, o.gamma)
 
     def train(self) -> dict[str, Any]:
+        self.open_outputs()
+        assert self.metrics is not None
         self.model.train()
         self.metrics.start(self.step)
         self.stop_flag.install()
@@ -289,20 +400,21 @@ class Trainer:
         while self.step < cfg.train.steps:
             self.watchdog.enter("data")
             t0 = time.perf_counter()
-            inputs, target = self.data.next_batch()
-            inputs, target = torch.from_numpy(inputs).to(self.rt.device), torch.from_numpy(target).to(self.rt.device)
+            inputs, target = self.to_device(self.data.train.next_batch())
+            if self.transform is not None:
+                inputs, target = self.apply_transform(inputs, target, self.step)
             self.phase_s[0] = time.perf_counter() - t0
             self.watchdog.enter("forward/backward")
             loss = self.train_step(inputs, target)
             self.step += 1
             self.watchdog.beat(self.step, "collective")
             self.metrics.step_done(self.step, loss, self.optimizer.param_groups[0]["lr"], self.phase_s)
-            if self.val is not None and cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 \
+            if self.data.val is not None and cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 \
                     and self.step != cfg.train.steps:
                 t0 = time.perf_counter()
                 result = self.evaluate()
                 self.metrics.record_eval(self.step, result, time.perf_counter() - t0)
-            stop_signal, timed = self.agree_on_flags()
+            stop_signal, timed = self.stop_vote.vote(self.step)
             stop = stop_signal > 0
             if stop or timed or self.checkpointer.due(self.step):
                 self.save_checkpoint(sync=stop)
@@ -313,23 +425,26 @@ class Trainer:
                 return {"preempted": True, "steps": self.step}
             if commit is not None and self.step % cfg.fault.commit_every == 0:
                 commit()
-        self._collect_flags()  # dist: no collective left in flight; a signal this late changes nothing
-        if cfg.checkpoint.at_end:
+        self.stop_vote.drain()  # dist: no collective left in flight; a signal this late changes nothing
+        if cfg.checkpoint.at_end and not self.checkpointer.has(self.step):
             self.save_checkpoint(sync=True)
         return self.finish()
 
     def _train_elastic(self) -> dict[str, Any]:
         """Horovod elastic: state is committed in memory every ``fault.commit_every`` steps; when a worker is
         lost (or one is added), Horovod restores the last commit, re-forms the world, and the loop goes on."""
+        assert self.metrics is not None
         state = hvd.elastic.TorchState(model=self.model, optimizer=self.optimizer, step=self.step,
-                                       data=self.data.state_dict(), first_loss=self.metrics.first_loss)
+                                       data=self.data.train.state_dict(), first_loss=self.metrics.first_loss)
 
         @hvd.elastic.run  # dist: re-runs the function after a reset, with state synced from rank 0
         def loop(state: Any) -> dict[str, Any]:
             self._join_world(state)
 
             def commit() -> None:
-                state.step, state.data, state.first_loss = self.step, self.data.state_dict(), self.metrics.first_loss
+                assert self.metrics is not None
+                state.step, state.data = self.step, self.data.train.state_dict()
+                state.first_loss = self.metrics.first_loss
                 state.commit()
 
             return self._train_loop(commit)
@@ -340,63 +455,49 @@ class Trainer:
         """On entry and after every elastic reset: take this rank's place in the (maybe new) world and
         re-partition the rest of the epoch's data (and the validation set) among the ranks there are now."""
         cfg = self.cfg
-        self._flags = None  # an all-reduce started in the old world never completes in the new one
         self.rt = runtime.refresh(self.rt)
+        self.stop_vote.join(self.rt.size)
         runtime.setup_logging(self.rt.rank, self.rt.size, cfg.run.log_all_ranks)
         self.step = state.step
+        assert self.metrics is not None
         self.metrics.set_runtime(self.rt, self.step)
         self.checkpointer.is_root = self.rt.is_root
         self.metrics.first_loss = state.first_loss
         self.data.close()
-        self.data = build_train_source(cfg, self.rt, self.train_path)
-        self.data.load_state_dict(state.data)
-        if self.val is not None:
-            self.val.close()
-            self.val = ValidationSet(cfg, self.rt, self.val_path)
+        self.data = build_data(cfg, self.rt, self.parts)
+        self.data.train.load_state_dict(state.data)
         if self.world_sizes and self.world_sizes[-1] != self.rt.size:
             log.warning("elastic: world is now %d rank(s); continuing from step %d", self.rt.size, self.step)
         self.world_sizes.append(self.rt.size)
 
-    def agree_on_flags(self) -> tuple[int, bool]:
-        """Every ``fault.signal_check_every`` steps the ranks agree on the stop signal any rank got (0 for
-        none) and whether a time-based checkpoint is due on any rank, with one tiny all-reduce. It is started
-        at one check and read at the next, so it travels with the next step's gradients instead of costing a
-        round trip of its own; every rank reads the same result at the same step: decided together."""
-        if self.step % self.cfg.fault.signal_check_every:
-            return 0, False
-        if self.rt.size == 1:  # nothing to agree on; a collective would still cost a Horovod cycle
-            return self.stop_flag.signum or 0, self.checkpointer.time_due()
-        stop_signal, timed = self._collect_flags()
-        if not (stop_signal or timed):  # else the caller stops or checkpoints now: flags start afresh next check
-            flags = torch.tensor([self.stop_flag.signum or 0, self.checkpointer.time_due()], dtype=torch.int32)
-            self._flags = hvd.allreduce_async(flags, op=hvd.Max, name="hpctrain.flags")  # dist
-        return stop_signal, timed
-
-    def _collect_flags(self) -> tuple[int, bool]:
-        if self._flags is None:
-            return 0, False
-        flags, self._flags = hvd.synchronize(self._flags), None  # dist
-        return int(flags[0]), bool(flags[1])
-
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Loss (and accuracy for class targets) over the whole validation set, summed across ranks."""
-        assert self.val is not None
+        """Loss (accuracy for class targets, and eval.metric) over the whole validation set, summed across
+        ranks. Buffers (BatchNorm running statistics) are rank 0's on every rank first: each rank's drift
+        apart, as they are updated from each rank's own part of the batch."""
+        assert self.data.val is not None
+        if self.rt.size > 1 and any(True for _ in self.model.buffers()):
+            hvd.broadcast_parameters(list(self.model.named_buffers()), root_rank=0)  # dist
         self.model.eval()
-        totals = torch.zeros(4, dtype=torch.float64)  # loss sum, correct, predictions, samples
-        for x, y in self.val.batches():
-            inputs, target = torch.from_numpy(x).to(self.rt.device), torch.from_numpy(y).to(self.rt.device)
-            logits = self.model(inputs)
-            totals[0] += float(models.loss_fn(logits, target)) * len(x)
-            totals[3] += len(x)
-            if not target.is_floating_point():
-                totals[1] += float((logits.argmax(-1) == target).sum())
+        totals = torch.zeros(5, dtype=torch.float64)  # loss sum, correct, predictions, samples, metric sum
+        for batch in self.data.val.batches():
+            inputs, target = self.to_device(batch)
+            outputs = self.forward(inputs)
+            n = len(target)
+            totals[0] += float(self.loss_fn(outputs, target)) * n
+            totals[3] += n
+            if not target.is_floating_point() and self.cfg.train.loss != "mse":
+                totals[1] += float((models.logits_of(outputs).argmax(-1) == target).sum())
                 totals[2] += target.numel()
+            if self.metric_fn is not None:
+                totals[4] += float(self.metric_fn(outputs, target)) * n
         self.model.train()
         totals = hvd.allreduce(totals, op=hvd.Sum, name="hpctrain.eval")  # dist: every sample counted once
         result = {"val_loss": float(totals[0] / totals[3]), "val_samples": int(totals[3])}
         if totals[2] > 0:
             result["val_accuracy"] = float(totals[1] / totals[2])
+        if self.metric_fn is not None:
+            result["val_metric"] = float(totals[4] / totals[3])
         return result
 
     def finish(self) -> dict[str, Any]:
@@ -415,16 +516,19 @@ class Trainer:
             "params_sha256": digest,
             "replicas_identical": len(set(digests)) == 1,
             "num_parameters": models.num_parameters(self.model),
-            "model": self.cfg.model.name,
+            "model": self.cfg.model.name if self.parts.model is None else components.name_of(self.model),
+            "model_given": self.model_given,
+            "loss": self.cfg.train.loss if self.parts.loss is None else components.name_of(self.parts.loss),
+            "data": self.data.description,
+            "teacher": self.cfg.distill.teacher or None,
             "compression": self.cfg.comm.compression,
             "launcher": self.rt.launch.launcher,
             "controller": self.rt.controller,
             "device": str(self.rt.device),
             "threads_per_rank": self.rt.threads,
-            "versions": {"hpctrain": hpctrain.__version__, "torch": torch.__version__,
-                         "horovod": horovod.__version__},
+            "versions": versions(),
         }
-        if self.val is not None:
+        if self.data.val is not None:
             extra.update(self.evaluate())
             self.metrics.record_eval(self.step, extra)
         extra["resumed_from"] = str(self.resumed_from) if self.resumed_from else None
@@ -439,6 +543,7 @@ class Trainer:
                                 "stall_s": self.checkpointer.stats.stall_s,
                                 "write_s": self.checkpointer.stats.write_s,
                                 "async": self.cfg.checkpoint.async_write}
+        assert self.metrics is not None
         summary = self.metrics.summary(extra)
         if self.rt.is_root:
             tmp = self.run_dir / ".model.pt.tmp"
@@ -450,10 +555,9 @@ class Trainer:
         self.watchdog.stop()
         self.stop_flag.uninstall()
         self._wait_for_checkpoint()  # an async write in flight finishes before the process ends
-        self.metrics.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.data.close()
-        if self.val is not None:
-            self.val.close()
 
     def _wait_for_checkpoint(self) -> None:
         error = self.checkpointer.wait()
@@ -488,43 +592,31 @@ def end_job() -> None:
     os._exit(1)  # no MPI world (one process, or the Gloo controller: horovodrun then ends the others)
 
 
-def select_resume(resume: str, root: Path, rt: Runtime) -> Path | None:
-    """Rank 0 picks the checkpoint (newest that verifies, saying why newer ones were passed over) and
-    broadcasts the choice; a collective (in elastic runs every rank picks, from the same files)."""
-    choice: tuple[str | None, str | None] = (None, None)  # (path, error)
-    if (rt.is_root or rt.elastic) and resume != "never":
-        if resume == "auto":
-            path, skipped = checkpoint.latest_good(root)
-            for reason in skipped:
-                log.warning("not resuming from %s", reason)
-            choice = (str(path) if path else None, None)
-        else:
-            path, reason = checkpoint.resolve(Path(resume))
-            choice = (str(path), None) if reason is None else (None, f"--resume {resume}: {reason}")
-    # dist: elastic ranks each choose (the same files, the same choice) since a joining worker may not broadcast
-    path, error = choice if rt.elastic else hvd.broadcast_object(choice, root_rank=0, name="hpctrain.resume")
-    if error is not None:
-        raise CheckpointError(error, agreed=True)
-    return Path(path) if path else None
+def versions() -> dict[str, str]:
+    return {"hpctrain": hpctrain.__version__, "torch": torch.__version__, "horovod": horovod.__version__}
 
 
-def load_teacher(path: str, rt: Runtime) -> torch.nn.Module:
-    """The distillation teacher: a verified checkpoint, built from the model config saved in it (every rank
-    reads the same files; a bad path fails on every rank alike)."""
-    ckpt, reason = checkpoint.resolve(Path(path))
-    if ckpt is None:
-        raise CheckpointError(f"distill.teacher {path}: {reason}", agreed=True)
-    tensors, state = checkpoint.load(ckpt)
-    teacher = models.build(config_mod.from_dict(state["config"], str(ckpt)).model).to(rt.device)
-    teacher.load_state_dict(tensors["model.pt"])
-    teacher.eval()
-    teacher.requires_grad_(False)
-    return teacher
+def describe_data(desc: dict[str, Any]) -> str:
+    """One line on what data the run uses (the same facts as summary.json's "data")."""
+    parts = []
+    for which in ("train", "val"):
+        d = desc.get(which)
+        if d:
+            where = d.get("path") or d.get("class") or ""
+            parts.append(f"{which} {d['source']}{' ' + where if where else ''} ({d['samples']} samples)")
+    return ", ".join(parts)
 
 
-def run(cfg: Config, rt: Runtime) -> dict[str, Any]:
-    trainer = Trainer(cfg, rt)
+def run(cfg: Config, rt: Runtime, parts: Parts | None = None) -> dict[str, Any]:
+    """Train (or resume) the run ``cfg`` describes; the summary. A run whose newest checkpoint is already at
+    ``train.steps`` is complete: nothing is trained and no file is touched."""
+    trainer = Trainer(cfg, rt, parts)
     try:
+        if trainer.complete:
+            if rt.is_root:
+                log.info("already complete at step %d (checkpoint %s): nothing to do; raise train.steps to "
+                         "train on", trainer.step, trainer.resumed_from)
+            return {"complete": True, "steps": trainer.step, "resumed_from": str(trainer.resumed_from)}
         summary = trainer.train()
     finally:
         trainer.close()

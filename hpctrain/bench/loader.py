@@ -24,7 +24,7 @@ import numpy as np
 
 from hpctrain.data import format as fmt
 from hpctrain.data import sources, writer
-from hpctrain.data.reader import ShardedReader
+from hpctrain.data.reader import ReaderOptions, ShardedReader
 
 
 def drop_cache(root: Path, manifest: fmt.Manifest) -> None:
@@ -52,7 +52,7 @@ def reader_read(root: Path, manifest: fmt.Manifest, batch: int, window: int, epo
                 cold: bool = False) -> tuple[float, int, float]:
     """Steady state: ``epochs`` epochs timed after one untimed epoch (opening shards, first touch of the
     read buffers). Also returns the first batch's latency."""
-    r = ShardedReader(root, manifest, 0, 1, batch, seed=0, window=window)
+    r = ShardedReader(root, manifest, ReaderOptions(0, 1, batch, seed=0, window=window))
     per_epoch = r.steps_per_epoch()
     if cold:
         drop_cache(root, manifest)

@@ -15,6 +15,7 @@ import queue
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -223,16 +224,31 @@ def open_dataset(root: str | Path, verify: str = "size") -> Manifest:
 _DONE = object()
 
 
+@dataclass(frozen=True)
+class ReaderOptions:
+    """Which part of each global batch this rank reads, and how (the data.* keys of the same names)."""
+
+    rank: int
+    world: int
+    batch_size: int  # per rank
+    seed: int
+    remainder: Remainder = "drop"
+    window: int = 4096  # data.shuffle_window
+    block: int = 0  # data.block_samples: 0 = the dataset's chunk size
+    prefetch: int = 4
+    threads: int = 2  # data.read_threads
+
+
 class ShardedReader:
     """This rank's training batches from a sharded dataset, epoch after epoch."""
 
-    def __init__(self, root: str | Path, manifest: Manifest, rank: int, world: int, batch_size: int, seed: int,
-                 remainder: Remainder = "drop", window: int = 4096, block: int = 0, prefetch: int = 4,
-                 threads: int = 2) -> None:
-        self.files = ShardFiles(Path(root), manifest, threads=threads)
-        self.rank, self.world, self.batch_size, self.seed = rank, world, batch_size, seed
-        self.remainder, self.window, self.prefetch = remainder, window, max(1, prefetch)
-        self.block = block or manifest.chunk_samples
+    def __init__(self, root: str | Path, manifest: Manifest, opts: ReaderOptions) -> None:
+        self.files = ShardFiles(Path(root), manifest, threads=opts.threads)
+        rank, world, batch_size = opts.rank, opts.world, opts.batch_size
+        remainder = opts.remainder
+        self.rank, self.world, self.batch_size, self.seed = rank, world, batch_size, opts.seed
+        self.remainder, self.window, self.prefetch = remainder, opts.window, max(1, opts.prefetch)
+        self.block = opts.block or manifest.chunk_samples
         self.blocks = block_ranges([s.samples for s in manifest.shards], self.block)
         self.num_samples = manifest.num_samples
         if remainder == "drop" and self.num_samples < world * batch_size:

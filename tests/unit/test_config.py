@@ -23,8 +23,12 @@ def test_toml_then_overrides(tmp_path):
 
 
 @pytest.mark.parametrize("override, fragment", [
-    ("optim.lrr=0.1", "optim.lrr: unknown key; valid keys in [optim]: name, lr,"),
-    ("optimizer.lr=0.1", "unknown section [optimizer]; valid sections: run, train"),
+    ("optim.lrr=0.1", "optim.lrr: unknown key; did you mean 'lr'? valid keys in [optim]: name, lr,"),
+    ("optim.min_lr=0.5", "optim.min_lr: must not exceed optim.lr=0.05"),
+    ("model.name=nosuchmodel", "model.name: 'nosuchmodel' is neither one of mlp, cnn, transformer nor an import path"),
+    ("model.args.depth=3", "model.args: is for models given by import path"),
+    ("data.path=/tmp/x", None),  # data.source = auto reads it
+    ("optimizer.lr=0.1", "unknown section [optimizer]; did you mean 'optim'? valid sections: run, train"),
     ("train.steps=ten", "train.steps: expected an integer, got 'ten'"),
     ("train.steps=1.5", "train.steps: expected an integer"),
     ("train.steps=0", "train.steps: must be >= 1"),

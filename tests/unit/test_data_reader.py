@@ -5,13 +5,13 @@ import pytest
 
 from hpctrain.data.format import DataError
 from hpctrain.data.plan import EpochPlan, block_ranges, partition, window_shuffle
-from hpctrain.data.reader import ShardedReader, ShardFiles, eval_ids, open_dataset
+from hpctrain.data.reader import ReaderOptions, ShardedReader, ShardFiles, eval_ids, open_dataset
 from hpctrain.data.stage import stage, staged_path
 from tests.data_helpers import ids_of, make_dataset
 
 
 def readers(root, m, world, batch=5, seed=3, **kw):
-    return [ShardedReader(root, m, r, world, batch, seed, **kw) for r in range(world)]
+    return [ShardedReader(root, m, ReaderOptions(r, world, batch, seed, **kw)) for r in range(world)]
 
 
 def take(rs, steps):
@@ -96,7 +96,7 @@ def test_resume_with_another_world_size_sees_the_rest_of_the_epoch_once(tmp_path
     old = readers(root, m, old_world, window=32)
     seen = [i for part in take(old, 7) for i in part]
     state = old[0].state_dict()
-    new = [ShardedReader(root, m, r, new_world, new_batch, 3, window=32) for r in range(new_world)]
+    new = [ShardedReader(root, m, ReaderOptions(r, new_world, new_batch, 3, window=32)) for r in range(new_world)]
     for r in new:
         r.load_state_dict(state)
     plan = new[0].plan()
@@ -108,7 +108,7 @@ def test_resume_with_another_world_size_sees_the_rest_of_the_epoch_once(tmp_path
     missing = set(range(300)) - set(seen) - set(rest)
     assert len(missing) < 300 % (5 * old_world) + new_world * new_batch
     # and a second resume replays the history to the same place
-    again = [ShardedReader(root, m, r, new_world, new_batch, 3, window=32) for r in range(new_world)]
+    again = [ShardedReader(root, m, ReaderOptions(r, new_world, new_batch, 3, window=32)) for r in range(new_world)]
     for r in again:
         r.load_state_dict(state)
     assert [i for part in take(again, steps) for i in part] == rest
@@ -154,7 +154,7 @@ def test_eval_split_counts_every_sample_once():
 def test_too_small_for_one_global_batch(tmp_path):
     root, m = make_dataset(tmp_path, samples=20, shards=1)
     with pytest.raises(DataError, match="cannot fill one global batch of 24"):
-        ShardedReader(root, m, 0, 2, 12, 1)
+        ShardedReader(root, m, ReaderOptions(0, 2, 12, 1))
 
 
 def test_a_shard_that_vanishes_mid_run_is_a_clear_error(tmp_path):
