@@ -168,15 +168,9 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_train(args: argparse.Namespace) -> int:
     overrides = [*args.overrides, *([f"checkpoint.resume={json.dumps(args.resume)}"] if args.resume else [])]
     cfg = config_mod.load(args.config, overrides)  # all validation before any rank communicates
-    from hpctrain import runtime, train
+    from hpctrain import api
 
-    if cfg.run.timeline:  # Horovod reads it at hvd.init() and writes it from rank 0
-        Path(cfg.run.dir).mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("HOROVOD_TIMELINE", str(Path(cfg.run.dir).resolve() / "horovod-timeline.json"))
-    rt = runtime.init(cfg.comm, watchdog_s=cfg.fault.watchdog_s, elastic=cfg.fault.elastic,
-                      malloc_keep_mb=cfg.run.malloc_keep_mb)
-    runtime.setup_logging(rt.rank, rt.size, cfg.run.log_all_ranks)
-    summary = train.run(cfg, rt)
+    summary = api.train(cfg)  # the same path as hpctrain.fit in a user's script
     return EXIT_REQUEUE if summary.get("preempted") else EXIT_OK
 
 

@@ -11,6 +11,8 @@ crash of hpctrain.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +36,8 @@ def resolve(path: str, key: str) -> Callable[..., Any]:
     if not is_import_path(path):
         raise UserCodeError(f"{key}: {path!r} is not an import path \"package.module:callable\"")
     module_name, _, attr = path.partition(":")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # as `python -m` would: a module beside the config is found (after PYTHONPATH)
     try:
         obj: Any = importlib.import_module(module_name)
     except ModuleNotFoundError as e:

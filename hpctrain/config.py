@@ -439,6 +439,11 @@ def load(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
             raise ConfigError(f"{path}: not valid TOML ({e})") from None
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: cannot read config ({getattr(e, 'strerror', None) or e})") from None
+    return from_dict(apply_overrides(tree, overrides, source), source)
+
+
+def apply_overrides(tree: dict[str, Any], overrides: Sequence[str], source: str) -> dict[str, Any]:
+    """``tree`` with each ``section.key=value`` (or ``section.table.name=value``) set in it."""
     for text in overrides:
         parts, value = parse_override(text)
         node = tree
@@ -448,7 +453,7 @@ def load(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
                 where = f"[{'.'.join(parts[:i + 1])}]"
                 raise ConfigError(f"{source}: {where} must be a table of key = value (override {text!r})")
         node[parts[-1]] = value
-    return from_dict(tree, source)
+    return tree
 
 
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:

@@ -193,19 +193,58 @@ def build_loss(name: str) -> Callable[[Any, torch.Tensor], torch.Tensor]:
     return LOSSES[name] if name in LOSSES else components.resolve(name, "train.loss")
 
 
-def to_sync_batchnorm(model: nn.Module) -> nn.Module:
-    """Replace every BatchNorm layer by Horovod's SyncBatchNorm (statistics over the global batch), keeping
-    its parameters and running buffers."""
-    import horovod.torch as hvd
+class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of the global batch: per-channel sums, sums of squares
+    and counts are all-reduced across ranks (autograd flows through the all-reduce, so the gradients are
+    those of BatchNorm over the whole global batch). Horovod's own ``hvd.SyncBatchNorm`` runs on GPUs only;
+    this one runs wherever Horovod's all-reduce does. In eval mode it is plain BatchNorm."""
 
-    if isinstance(model, nn.modules.batchnorm._BatchNorm) and not isinstance(model, hvd.SyncBatchNorm):
-        sync = hvd.SyncBatchNorm(model.num_features, model.eps, model.momentum, model.affine,  # dist
-                                 model.track_running_stats)
+    def __init__(self, *args: Any, name: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sync_name = name  # the all-reduce's name: the layer's place in the model, the same on every rank
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"SyncBatchNorm expects at least 2-D input (batch, channels, ...), got {x.dim()}-D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        if not self.training:
+            return super().forward(x)
+        import horovod.torch as hvd
+
+        dims = [0, *range(2, x.dim())]
+        xf = x.float()
+        local = torch.cat([xf.sum(dims), (xf * xf).sum(dims),
+                           torch.tensor([x.numel() / x.shape[1]], dtype=torch.float32, device=x.device)])
+        total = hvd.allreduce(local, op=hvd.Sum, name=f"hpctrain.syncbn.{self.sync_name}")  # dist
+        c = x.shape[1]
+        count = total[-1]
+        mean = total[:c] / count
+        var = (total[c:2 * c] / count - mean * mean).clamp_min(0)
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            with torch.no_grad():
+                self.num_batches_tracked += 1  # type: ignore[operator]
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(m * mean.detach())
+                self.running_var.mul_(1 - m).add_(m * var.detach() * count / max(float(count) - 1, 1.0))
+        shape = [1, c] + [1] * (x.dim() - 2)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def to_sync_batchnorm(model: nn.Module, prefix: str = "") -> nn.Module:
+    """Replace every BatchNorm layer by :class:`SyncBatchNorm`, keeping its parameters and running buffers."""
+    if isinstance(model, nn.modules.batchnorm._BatchNorm) and not isinstance(model, SyncBatchNorm):
+        sync = SyncBatchNorm(model.num_features, model.eps, model.momentum, model.affine,
+                             model.track_running_stats, name=prefix or "root")
         sync.load_state_dict(model.state_dict())
         sync.train(model.training)
         return sync
     for name, child in model.named_children():
-        setattr(model, name, to_sync_batchnorm(child))
+        setattr(model, name, to_sync_batchnorm(child, f"{prefix}.{name}" if prefix else name))
     return model
 
 

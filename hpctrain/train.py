@@ -204,10 +204,13 @@ class Trainer:
         """One forward (and loss, and metric) on a few samples of the training and validation data, before
         anything trains: shapes that do not fit the model, labels outside its classes and users' code that
         raises all end here with one line naming the key. Draws no random numbers and moves no data position."""
-        sources = [("train", "data.path" if self.cfg.data.reads_files else "train_data", self.data.train.first)]
+        given = self.parts.train_data is not None, self.parts.val_data is not None
+        train_key = "train_data" if given[0] else "data.path" if self.cfg.data.reads_files else "data"
+        sources = [("train", train_key, self.data.train.first)]
         if self.data.val is not None:
             val = self.data.val
-            sources.append(("val", "data.val_path", lambda n: val._read(val.ids[:n]) if len(val.ids) else None))
+            val_key = "val_data" if given[1] else "data.val_path" if self.cfg.data.val_path else "data.val_samples"
+            sources.append(("val", val_key, lambda n: val._read(val.ids[:n]) if len(val.ids) else None))
         was_training = self.model.training
         self.model.eval()
         try:
@@ -607,10 +610,11 @@ def describe_data(desc: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def run(cfg: Config, rt: Runtime, parts: Parts | None = None) -> dict[str, Any]:
+def run(cfg: Config, rt: Runtime, parts: Parts | None = None,
+        trainer_class: type[Trainer] | None = None) -> dict[str, Any]:
     """Train (or resume) the run ``cfg`` describes; the summary. A run whose newest checkpoint is already at
     ``train.steps`` is complete: nothing is trained and no file is touched."""
-    trainer = Trainer(cfg, rt, parts)
+    trainer = (trainer_class or Trainer)(cfg, rt, parts)
     try:
         if trainer.complete:
             if rt.is_root:

@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,3 +43,35 @@ def run(cmd: list[str], timeout: float = 180, check: bool = True, **extra_env: s
 
 def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def logged_step(run_dir: Path) -> int:
+    """The newest step in ``run_dir``'s metrics.jsonl (0 before the first is written)."""
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        return max((json.loads(ln).get("step", 0) for ln in lines if ln.endswith("}")), default=0)
+    except FileNotFoundError:
+        return 0
+
+
+def rank_pid(proc: subprocess.Popen, rank: int) -> int:
+    """PID of rank ``rank`` of an mpirun (or horovodrun) job started as ``proc``."""
+    import psutil
+
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        try:
+            environ = child.environ()
+            if (environ.get("OMPI_COMM_WORLD_RANK") or environ.get("HOROVOD_RANK")) == str(rank) \
+                    and "python" in " ".join(child.cmdline()):
+                return child.pid
+        except psutil.Error:
+            continue
+    raise AssertionError(f"rank {rank} of {proc.args} not found")

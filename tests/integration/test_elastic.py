@@ -5,11 +5,10 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import psutil
 
-from tests.launch import BIN, HPCTRAIN, REPO, env, run
+from tests.launch import BIN, HPCTRAIN, REPO, env, run, wait_for
 
 STEPS = 3000
 RUN = ["model.name=mlp", "model.width=64", "data.samples=4096", "train.batch_size=16", "run.log_every=100",
@@ -26,14 +25,6 @@ def workers(proc: subprocess.Popen) -> dict[str, int]:
         except psutil.Error:
             continue
     return found
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_elastic_run_grows_then_survives_losing_its_rank_0(tmp_path):

@@ -1,7 +1,6 @@
 """Kill-and-resume on real ranks: signals, SIGKILL, damaged checkpoints, a hung rank, a full disk, and a
 change of world size. Bit-identical means equal `params_sha256` (SHA-256 of every parameter's bytes)."""
 
-import json
 import os
 import signal
 import subprocess
@@ -13,7 +12,7 @@ import torch
 
 from hpctrain import checkpoint
 from tests.data_helpers import SmallDisk
-from tests.launch import HPCTRAIN, REPO, env, mpirun, run, summary
+from tests.launch import HPCTRAIN, REPO, env, logged_step, mpirun, rank_pid, run, summary, wait_for
 
 STEPS = 1500
 RUN = ["model.name=mlp", "model.width=64", "data.samples=4096", "train.batch_size=16", "run.log_every=10",
@@ -31,32 +30,6 @@ def reference(tmp_path_factory):
 def start(*args: str) -> subprocess.Popen:
     return subprocess.Popen(mpirun(2, HPCTRAIN, "train", *args), cwd=REPO, env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-
-
-def rank_pid(proc: subprocess.Popen, rank: int) -> int:
-    for child in psutil.Process(proc.pid).children(recursive=True):
-        try:
-            if child.environ().get("OMPI_COMM_WORLD_RANK") == str(rank) and "hpctrain" in " ".join(child.cmdline()):
-                return child.pid
-        except psutil.Error:
-            continue
-    raise AssertionError(f"rank {rank} of {proc.args} not found")
-
-
-def wait_for(predicate, timeout: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def logged_step(run_dir) -> int:
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        return max((json.loads(ln).get("step", 0) for ln in lines if ln.endswith("}")), default=0)
-    except FileNotFoundError:
-        return 0
 
 
 def test_signal_checkpoints_exits_75_and_resumes_bit_identical(tmp_path, reference):

@@ -10,7 +10,8 @@ def test_bad_config_key_exits_2_on_one_rank(tmp_path):
     proc = run([HPCTRAIN, "train", "optim.lrr=0.1", f"run.dir={tmp_path}"], check=False)
     assert proc.returncode == 2
     keys = ", ".join(f.name for f in dataclasses.fields(config.OptimConfig))  # the list the message must give
-    assert proc.stderr.strip() == f"hpctrain: error: optim.lrr: unknown key; did you mean 'lr'? valid keys in [optim]: {keys}"
+    assert proc.stderr.strip() == ("hpctrain: error: optim.lrr: unknown key; did you mean 'lr'? "
+                                   f"valid keys in [optim]: {keys}")
     assert not any(tmp_path.iterdir())  # nothing written
 
 

@@ -102,12 +102,33 @@ def test_unusable_output_is_refused():
 
 
 def test_sync_batchnorm_conversion_keeps_state():
-    import horovod.torch as hvd
-
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 1), torch.nn.BatchNorm2d(4),
                               torch.nn.Sequential(torch.nn.BatchNorm1d(3)))
     net[1].running_mean.fill_(0.5)
     converted = models.to_sync_batchnorm(net)
     bns = [m for m in converted.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    assert len(bns) == 2 and all(isinstance(m, hvd.SyncBatchNorm) for m in bns)
+    assert len(bns) == 2 and all(isinstance(m, models.SyncBatchNorm) for m in bns)
+    assert [m.sync_name for m in bns] == ["1", "2.0"]
     assert torch.equal(converted[1].running_mean, torch.full((4,), 0.5))
+
+
+def test_sync_batchnorm_on_one_rank_is_batchnorm():
+    """On one rank the global batch is the local one: outputs, gradients and running statistics match
+    torch's BatchNorm2d (the 2-rank case is tests/mpi/test_user_models.py)."""
+    import horovod.torch as hvd
+
+    hvd.init()
+    torch.manual_seed(0)
+    ref = torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        ref.weight.uniform_()
+        ref.bias.uniform_()
+    sync = models.to_sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(3)))
+    sync.load_state_dict({f"0.{k}": v for k, v in ref.state_dict().items()})
+    x = torch.randn(8, 3, 5, 5, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    (ref(x) ** 2).sum().backward()
+    (sync(x2) ** 2).sum().backward()
+    assert torch.allclose(ref(x.detach()), sync(x2.detach()), atol=1e-5)
+    assert torch.allclose(x.grad, x2.grad, atol=1e-4)
+    assert torch.allclose(ref.running_var, sync[0].running_var, atol=1e-6)
