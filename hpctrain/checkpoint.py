@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -162,8 +163,9 @@ def load(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         tensors = {name: torch.load(path / name, map_location="cpu", weights_only=True) for name in TENSOR_FILES}
         state = json.loads((path / STATE_FILE).read_text())
-    except (OSError, RuntimeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: cannot load checkpoint ({e})") from None
+    except (OSError, RuntimeError, json.JSONDecodeError, pickle.UnpicklingError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: cannot load checkpoint ({first})") from None
     return tensors, state
 
 

@@ -226,8 +226,8 @@ class Trainer:
                     shapes = ", ".join(f"{list(x.shape)} {str(x.dtype).removeprefix('torch.')}" for x in inputs)
                     outputs = components.call(self.forward, "model.name" if self.parts.model is None else "model",
                                               f"the model's forward on {key} inputs ({shapes})", inputs)
+                    self._check_labels(outputs, target, which, key)  # before the loss, which would crash on them
                     self._check_loss(outputs, target, key)
-                    self._check_labels(outputs, target, which, key)
         finally:
             self.model.train(was_training)
 
@@ -250,7 +250,7 @@ class Trainer:
             return
         classes = int(models.logits_of(outputs).shape[-1])
         desc = self.data.description.get(which, {})
-        where = desc.get("path", key)
+        where = desc.get("path") or f"the {desc.get('source', 'given')} data"
         lo, hi = desc.get("label_range", [int(target.min()), int(target.max())])
         if lo < 0 or hi >= classes:
             raise ConfigError(f"{key}: {where} has labels {lo}..{hi} but the model predicts {classes} classes "

@@ -303,7 +303,8 @@ def build(cfg: DataConfig, opts: BatchOptions, rt: World, spec: SampleShape | No
         x, y = synthetic.samples(cfg.samples, shape.input_shape, shape.num_classes, opts.seed, shape.tokens)
         source = ArraySource([x], y, rt.agree(lambda: _sampler(len(x), opts, rt, cfg.remainder, "data.samples")))
         desc["train"] = {"source": "synthetic", "samples": cfg.samples, "input_shape": list(shape.input_shape),
-                         "kind": "tokens" if shape.tokens else "classes", "num_classes": shape.num_classes}
+                         "kind": "tokens" if shape.tokens else "classes", "num_classes": shape.num_classes,
+                         "label_range": [int(y.min()), int(y.max())]}
 
     validation = None
     if val is not None and val.kind() != "path":
