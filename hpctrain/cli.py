@@ -251,8 +251,13 @@ def cmd_data(args: argparse.Namespace) -> int:
         meta["converted_from"] = {name: Path(spec).name for name, spec in specs.items()}
     per_sample = sum(f.sample_bytes for f in fields)
     shards = args.shards or max(1, min(n, -(-n * per_sample // writer.SHARD_TARGET_BYTES)))
-    m = writer.write_dataset(args.out, fields, read, n, shards, args.compression, args.chunk_samples, inputs,
+    try:
+        writer.write_dataset(args.out, fields, read, n, shards, args.compression, args.chunk_samples, inputs,
                              targets, meta, args.overwrite, comm)
+    except writer.Interrupted as e:  # a signal, honoured between blocks; the message says where the output is
+        if rank == 0:
+            print(f"hpctrain: interrupted: {e}", file=sys.stderr, flush=True)
+        return 128 + e.signum  # the shell's code for "ended by this signal": 130 for Ctrl-C
     if rank == 0:
         print(fmt.describe(args.out))
     return EXIT_OK
