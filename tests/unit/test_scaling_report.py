@@ -229,3 +229,19 @@ def test_throughput_axis_labels_every_decade_and_reads_above_100000(throughputs,
     ax = report.throughput_figure("weak", rows).axes[0]
     assert ax.get_yscale() == "log"
     assert _drawn_labels(ax.yaxis) == labels
+
+
+def test_made_by_commands_are_shell_quoted_so_they_can_be_pasted(tmp_path):
+    pytest.importorskip("matplotlib")
+    import shlex
+
+    from hpctrain.scaling import run
+
+    cmd = ["mpirun", "-np", "2", "/opt/my tools/hpctrain", "train", "run.dir=/tmp/it's here",
+           'model.name="mlp"', "train.batch_size=32"]
+    summary = {k: v for k, v in WEAK[0].items() if k not in ("mode", "host", "command", "time")}
+    rec = run.record("weak", summary, cmd)
+    assert shlex.split(rec["command"]) == cmd
+    text = report.write_report(write_jsonl(tmp_path / "records.jsonl", [rec]), tmp_path / "out").read_text()
+    made_by = text.split("Made by:")[1].split("```")[1].strip()
+    assert shlex.split(made_by) == cmd
