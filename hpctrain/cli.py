@@ -1,7 +1,8 @@
 """The ``hpctrain`` command: argument parsing and exit codes. The only module that calls ``sys.exit``.
 
 Exit codes: 0 done; 1 unexpected failure (the whole MPI job is aborted); 2 bad input, config or launch;
-75 checkpointed on request, requeue me (EX_TEMPFAIL).
+75 checkpointed on request, requeue me (EX_TEMPFAIL); 130 (143) interrupted by SIGINT (SIGTERM) outside
+training.
 """
 
 from __future__ import annotations
