@@ -1,7 +1,8 @@
 """The ``hpctrain`` command: argument parsing and exit codes. The only module that calls ``sys.exit``.
 
 Exit codes: 0 done; 1 unexpected failure (the whole MPI job is aborted); 2 bad input, config or launch;
-75 checkpointed on request, requeue me (EX_TEMPFAIL).
+75 checkpointed on request, requeue me (EX_TEMPFAIL); 130 (143) interrupted by SIGINT (SIGTERM) outside
+training.
 """
 
 from __future__ import annotations
@@ -245,8 +246,13 @@ def cmd_data(args: argparse.Namespace) -> int:
         meta["converted_from"] = {name: Path(spec).name for name, spec in specs.items()}
     per_sample = sum(f.sample_bytes for f in fields)
     shards = args.shards or max(1, min(n, -(-n * per_sample // writer.SHARD_TARGET_BYTES)))
-    m = writer.write_dataset(args.out, fields, read, n, shards, args.compression, args.chunk_samples, inputs,
+    try:
+        writer.write_dataset(args.out, fields, read, n, shards, args.compression, args.chunk_samples, inputs,
                              targets, meta, args.overwrite, comm)
+    except writer.Interrupted as e:  # a signal, honoured between blocks; the message says where the output is
+        if rank == 0:
+            print(f"hpctrain: interrupted: {e}", file=sys.stderr, flush=True)
+        return 128 + e.signum  # the shell's code for "ended by this signal": 130 for Ctrl-C
     if rank == 0:
         print(fmt.describe(args.out))
     return EXIT_OK

@@ -13,10 +13,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hpctrain import plots
 from hpctrain.config import UserError
 from hpctrain.files import read_jsonl, read_text, write_atomic
 
 MISSING = "not found (is this a run directory?)"
+
+RAW_LABEL = "training loss (one batch per logged step)"
 
 PHASES = ("data", "forward_backward", "allreduce_wait", "optimizer")  # as hpctrain.metrics.PHASES
 
@@ -77,23 +80,45 @@ def _cell(x: Any) -> str:
     return "" if x is None else str(x)
 
 
-def _plot_loss(train: list[dict[str, Any]], val: list[dict[str, Any]]) -> bytes:
+def loss_figure(train: list[dict[str, Any]], val: list[dict[str, Any]]) -> Any:
+    """The loss plot as a matplotlib Figure (not yet saved, so its axes can be inspected).
+
+    metrics.jsonl holds one training loss per logged step (``run.log_every``): the loss of that single
+    step's batch, noisy, with a spike now and then. Those points are drawn faint, and over them a running
+    median of them, which one spike does not move; the y axis is logarithmic when the losses span more
+    than ``plots.LOG_SCALE_DECADES`` decades, where a linear one would flatten all but the first steps.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # files only: compute nodes have no display
     from matplotlib.figure import Figure  # not pyplot: no global state, freed with the figure
 
-    fig = Figure(figsize=(6, 4), layout="tight")
+    fig = Figure(figsize=(6, 4.4), layout="tight")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="training loss")
-    val_points = [(r["step"], r["val_loss"]) for r in val if _is_number(r.get("val_loss"))]
+    steps, losses = [r["step"] for r in train], [float(r["loss"]) for r in train]
+    window = plots.smoothing_window(len(losses))
+    if len(losses) >= window:
+        ax.plot(steps, losses, ".", color="C0", alpha=0.5, label=RAW_LABEL)
+        ax.plot(steps, plots.running_median(losses, window), "-", color="C0",
+                label=f"training loss, running median of {window}")
+    else:  # too few points to smooth
+        ax.plot(steps, losses, ".-", color="C0", label=RAW_LABEL)
+    val_points = [(r["step"], float(r["val_loss"])) for r in val if _is_number(r.get("val_loss"))]
     if val_points:
-        ax.plot(*zip(*val_points, strict=True), "o", label="validation loss")
+        ax.plot(*zip(*val_points, strict=True), "o", color="C1", label="validation loss")
+    if plots.spans_decades(losses + [v for _, v in val_points]):
+        ax.set_yscale("log")
+        plots.label_log_axis(ax.yaxis)
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    ax.set_ylabel("loss" + (" (log scale)" if ax.get_yscale() == "log" else ""))
     ax.grid(alpha=0.3)
-    ax.legend()
+    # below the axes: inside, "best" can still cover a logged point (the spike it is there to show)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize="small", frameon=False)
+    return fig
+
+
+def _plot_loss(train: list[dict[str, Any]], val: list[dict[str, Any]]) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
+    loss_figure(train, val).savefig(buf, format="png", dpi=120)
     return buf.getvalue()
 
 

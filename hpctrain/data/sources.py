@@ -9,6 +9,7 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,11 +38,19 @@ def _npy_member(zf: zipfile.ZipFile, member: str, origin: str) -> tuple[np.dtype
     if fortran:
         raise DataError(f"{origin}: array {member!r} is Fortran-ordered; save it C-ordered")
     row = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+    # A compressed member is a stream: a seek decompresses everything before the target, from the start
+    # when it goes back. Writers read in increasing order, so one open stream makes a conversion linear,
+    # not quadratic, and keeps each read short enough for an interrupt to be seen soon after.
+    stream: list[Any] = []
 
     def read(a: int, b: int) -> np.ndarray:
-        with zf.open(info) as f:  # zip members are sequential streams: seek re-reads from the start
-            f.seek(offset + a * row)
-            buf = f.read((b - a) * row)
+        if not stream or stream[0].tell() > offset + a * row:
+            if stream:
+                stream.pop().close()
+            stream.append(zf.open(info))
+        f = stream[0]
+        f.seek(offset + a * row)
+        buf = f.read((b - a) * row)
         return np.frombuffer(buf, dtype=dtype).reshape((b - a, *shape[1:]))
 
     return dtype, tuple(shape), read

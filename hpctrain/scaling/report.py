@@ -30,6 +30,7 @@ import numpy as np
 
 from hpctrain.config import UserError
 from hpctrain.files import read_jsonl, read_text, write_atomic
+from hpctrain.plots import label_log_axis
 
 log = logging.getLogger(__name__)
 
@@ -365,44 +366,50 @@ def write_report(records_path: str | Path, out_dir: str | Path, allreduce_json: 
 
 
 def _plots(mode: str, rows: list[dict[str, Any]]) -> tuple[bytes, bytes]:
+    return _png(throughput_figure(mode, rows)), _png(efficiency_figure(mode, rows))
+
+
+def _figure() -> Any:
     try:
         import matplotlib
     except ImportError:
         raise ScalingError("the report's plots need matplotlib: pip install matplotlib") from None
     matplotlib.use("Agg")  # files only: compute nodes have no display
     from matplotlib.figure import Figure  # not pyplot: a figure of our own is freed with it, no global state
-    from matplotlib.ticker import FuncFormatter, NullFormatter
 
+    return Figure(figsize=(6, 4.2), layout="tight")
+
+
+def throughput_figure(mode: str, rows: list[dict[str, Any]]) -> Any:
+    """Global samples/s against ranks, measured and ideal, on log axes (a matplotlib Figure, not saved)."""
     ranks = [r["ranks"] for r in rows]
     p0, x0 = ranks[0], rows[0]["samples_per_sec"]
-    title = f"{mode.capitalize()} scaling"
-
-    fig = Figure(figsize=(6, 4.2), layout="tight")
+    fig = _figure()
     ax = fig.add_subplot()
     ax.plot(ranks, [x0 * p / p0 for p in ranks], "--", color="grey", label=f"ideal (linear from {p0} rank)")
     ax.plot(ranks, [r["samples_per_sec"] for r in rows], "o-", label="measured (median)")
     _rank_axis(ax, ranks)
     ax.set_yscale("log")
-    # Plain numbers, not 3x10^2; within one decade the minor ticks are the only ones in view, so label them.
-    plain = FuncFormatter(lambda v, _: f"{v:,.0f}")
-    ax.yaxis.set_major_formatter(plain)
-    top = max(x0 * ranks[-1] / p0, *(r["samples_per_sec"] for r in rows))
-    ax.yaxis.set_minor_formatter(plain if top / min(r["samples_per_sec"] for r in rows) < 10 else NullFormatter())
+    label_log_axis(ax.yaxis)
     ax.set_ylabel("samples/s (global)")
-    ax.set_title(f"{title}: throughput")
+    ax.set_title(f"{mode.capitalize()} scaling: throughput")
     ax.legend()
-    throughput = _png(fig)
+    return fig
 
-    fig = Figure(figsize=(6, 4.2), layout="tight")
+
+def efficiency_figure(mode: str, rows: list[dict[str, Any]]) -> Any:
+    """Scaling efficiency against ranks, with the ideal 1.0 (a matplotlib Figure, not saved)."""
+    ranks = [r["ranks"] for r in rows]
+    fig = _figure()
     ax = fig.add_subplot()
     ax.axhline(1.0, linestyle="--", color="grey", label="ideal")
     ax.plot(ranks, [r["efficiency"] for r in rows], "o-", label="measured (median)")
     _rank_axis(ax, ranks)
     ax.set_ylim(0, max(1.1, max(r["efficiency"] for r in rows) * 1.05))
     ax.set_ylabel("efficiency")
-    ax.set_title(f"{title}: efficiency")
+    ax.set_title(f"{mode.capitalize()} scaling: efficiency")
     ax.legend(loc="lower left")
-    return throughput, _png(fig)
+    return fig
 
 
 def _rank_axis(ax: Any, ranks: list[int]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -53,7 +54,7 @@ def record(mode: str, summary: dict[str, Any], command: list[str]) -> dict[str, 
             "batch_size", "global_batch_size", "model", "num_parameters", "compression", "launcher",
             "threads_per_rank")
     return {"mode": mode, **{k: summary[k] for k in keep if k in summary},
-            "host": {"hostname": platform.node(), "cpus": os.cpu_count()}, "command": " ".join(command),
+            "host": {"hostname": platform.node(), "cpus": os.cpu_count()}, "command": shlex.join(command),
             "time": time.time()}
 
 

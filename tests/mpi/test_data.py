@@ -2,12 +2,15 @@
 and the digits example's accuracy."""
 
 import json
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
 from tests.data_helpers import make_dataset
-from tests.launch import HPCTRAIN, REPO, mpirun, run, summary
+from tests.launch import HPCTRAIN, REPO, env, mpirun, run, summary
 
 
 def test_parallel_synth_writes_the_same_bytes_as_serial(tmp_path):
@@ -17,6 +20,33 @@ def test_parallel_synth_writes_the_same_bytes_as_serial(tmp_path):
     for f in sorted((tmp_path / "serial").iterdir()):
         assert f.read_bytes() == (tmp_path / "parallel" / f.name).read_bytes(), f.name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["parallel", "serial"]  # no temporaries left
+
+
+
+def test_ctrl_c_of_mpirun_during_a_parallel_write_leaves_nothing(tmp_path):
+    """mpirun turns Ctrl-C into SIGTERM for every rank and SIGKILLs them one second later
+    (odls_base_sigkill_timeout). The ranks stop at their next block and rank 0 removes the temporary
+    directory at once; a rank still inside one long piece of input when the SIGKILL comes leaves it
+    behind, and then the next writer of the dataset removes it. Either way nothing partial stays."""
+    out = tmp_path / "ds"
+    proc = subprocess.Popen(mpirun(2, HPCTRAIN, "data", "synth", str(out), "--samples", "12000", "--shards", "6",
+                                   "--compression", "gzip"), env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".ds.tmp-*/shard-*")):  # mid-write: a shard is there, others still to come
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and not out.exists()
+    left = list(tmp_path.iterdir())
+    if not left:
+        assert "hpctrain: interrupted: removed partial output" in err or "hpctrain" not in err, err
+    else:
+        (tmp,) = left
+        again = run(mpirun(2, HPCTRAIN, "data", "synth", str(out), "--samples", "100", "--shards", "2"))
+        assert f"removed {tmp}: partial output of a writer that no longer runs" in again.stderr
+        assert [p.name for p in tmp_path.iterdir()] == ["ds"]
 
 
 def test_two_rank_training_reads_staged_hdf5_shards(tmp_path):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from hpctrain.config import UserError
-from hpctrain.run_report import RunReportError, write_run_report
+from hpctrain.run_report import RunReportError, loss_figure, write_run_report
 
 
 def _stats(lo, mean, hi):
@@ -121,3 +121,36 @@ def test_tensorboard_scalars_read_back(tmp_path):
     assert series("train/breakdown_ms/data") == [(1, 1.5), (2, 1.0)]
     assert series("val/val_loss") == [(2, 2.25)]
     assert series("val/val_accuracy") == [(2, 0.5)]
+
+
+# What `make demo` logs (log_every = 100 of 1200 steps): 13 single-batch losses, one of them a spike.
+DEMO_LOSSES = [2.31, 0.92, 0.41, 0.19, 0.088, 0.052, 1.95, 0.031, 0.022, 0.017, 0.013, 0.011, 0.0094]
+
+
+def _demo_records():
+    return [{"step": step, "loss": loss} for step, loss in zip([1, *range(100, 1201, 100)], DEMO_LOSSES, strict=True)]
+
+
+def test_loss_plot_smooths_the_logged_steps_and_goes_log_scale_over_decades():
+    pytest.importorskip("matplotlib")
+    ax = loss_figure(_demo_records(), [{"step": 1200, "val_loss": 0.02}]).axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    raw = lines["training loss (one batch per logged step)"]
+    smooth = lines["training loss, running median of 3"]
+    assert list(raw.get_ydata()) == DEMO_LOSSES  # every logged point is drawn
+    smoothed = list(smooth.get_ydata())
+    assert smoothed[6] == 0.052 and max(smoothed[4:]) < 0.1  # the spike at step 600 does not move the curve
+    assert smoothed[0] == pytest.approx((2.31 + 0.92) / 2) and smoothed[-1] == pytest.approx((0.011 + 0.0094) / 2)
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "loss (log scale)"
+    ax.figure.draw_without_rendering()
+    lo, hi = ax.get_ylim()
+    labels = [t.get_text() for t in ax.yaxis.get_ticklabels(which="both")
+              if t.get_text() and lo <= t.get_position()[1] <= hi]
+    assert labels == ["0.01", "0.1", "1"]
+
+
+def test_loss_plot_stays_linear_within_a_decade_and_without_smoothing_for_two_points():
+    pytest.importorskip("matplotlib")
+    ax = loss_figure([{"step": 1, "loss": 2.3}, {"step": 10, "loss": 0.9}], []).axes[0]
+    assert ax.get_yscale() == "linear" and ax.get_ylabel() == "loss"
+    assert [line.get_label() for line in ax.get_lines()] == ["training loss (one batch per logged step)"]

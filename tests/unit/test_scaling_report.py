@@ -205,3 +205,43 @@ def test_missing_empty_and_mixed_records_files(tmp_path):
     with pytest.raises(ScalingError, match="model: the records mix 'mlp', 'cnn'"):
         report.load_records(mixed)
     assert math.isclose(report.load_records(write_jsonl(tmp_path / "ok.jsonl", WEAK))[1]["step_time_ms"]["max"], 11.0)
+
+
+def _drawn_labels(axis):
+    """The tick labels a reader sees on ``axis`` of a laid-out figure (inside the view, non-empty)."""
+    axis.figure.draw_without_rendering()
+    lo, hi = sorted(axis.get_view_interval())
+    return [t.get_text() for t in axis.get_ticklabels(which="both")
+            if t.get_text() and lo <= (t.get_position()[1] if axis.axis_name == "y" else t.get_position()[0]) <= hi]
+
+
+@pytest.mark.parametrize("throughputs, labels", [
+    # 20k..250k (ideal to 320k): matplotlib alone labels 100,000 and nothing above it
+    ((20_000, 38_000, 72_000, 130_000, 250_000), ["20k", "50k", "100k", "200k"]),
+    ((150_000, 290_000, 560_000), ["200k", "300k", "400k", "500k", "600k"]),
+    # 1 to 1024 ranks, three decades: every decade labelled, nothing between
+    ((1_000, 1_900, 3_600, 7_000, 13_000, 25_000, 48_000, 90_000, 170_000, 320_000, 600_000),
+     ["1k", "10k", "100k", "1M"]),
+])
+def test_throughput_axis_labels_every_decade_and_reads_above_100000(throughputs, labels):
+    pytest.importorskip("matplotlib")
+    rows = [{"ranks": 2**i, "samples_per_sec": x, "efficiency": 0.9} for i, x in enumerate(throughputs)]
+    ax = report.throughput_figure("weak", rows).axes[0]
+    assert ax.get_yscale() == "log"
+    assert _drawn_labels(ax.yaxis) == labels
+
+
+def test_made_by_commands_are_shell_quoted_so_they_can_be_pasted(tmp_path):
+    pytest.importorskip("matplotlib")
+    import shlex
+
+    from hpctrain.scaling import run
+
+    cmd = ["mpirun", "-np", "2", "/opt/my tools/hpctrain", "train", "run.dir=/tmp/it's here",
+           'model.name="mlp"', "train.batch_size=32"]
+    summary = {k: v for k, v in WEAK[0].items() if k not in ("mode", "host", "command", "time")}
+    rec = run.record("weak", summary, cmd)
+    assert shlex.split(rec["command"]) == cmd
+    text = report.write_report(write_jsonl(tmp_path / "records.jsonl", [rec]), tmp_path / "out").read_text()
+    made_by = text.split("Made by:")[1].split("```")[1].strip()
+    assert shlex.split(made_by) == cmd
