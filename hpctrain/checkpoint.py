@@ -1,7 +1,8 @@
 """Atomic, verified checkpoints; choosing the one to resume from; the stop flag set by signals; the watchdog.
 
 A checkpoint is a directory ``<dir>/step-00001000/`` holding ``model.pt``, ``optimizer.pt``, ``extra.pt``
-(RNG states of every rank, LR schedule, loss scaler) and ``train_state.json`` (step, data position, world
+(RNG states of every rank, an empty ``lr_scheduler`` dict since the schedule is a function of the
+step, and the loss scaler) and ``train_state.json`` (step, data position, world
 size, config, versions), plus ``MANIFEST.json`` with the SHA-256 of every file, written last. Rank 0 writes
 it under a temporary name, fsyncs every file and the directory, and renames it into place: a directory
 named ``step-*`` with a matching manifest is complete, anything else is ignored. Loading never runs code
