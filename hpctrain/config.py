@@ -326,6 +326,68 @@ class Config:
                "not supported with fault.elastic = true: stage the dataset before the job, or read it in place")
 
 
+def _changed(section: Any, *keys: str) -> list[str]:
+    """Those of ``keys`` set to something other than their default in ``section``."""
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    out = []
+    for key in keys:
+        f = fields[key]
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        if getattr(section, key) != default:
+            out.append(key)
+    return out
+
+
+def ineffective(cfg: Config, world_size: int) -> list[str]:
+    """Keys set away from their default that do nothing under the other settings (a warning each, so a
+    silently ignored key is not mistaken for one that took effect)."""
+    notes: list[str] = []
+
+    def note(section: str, keys: list[str], why: str) -> None:
+        if keys:
+            notes.append(f"{', '.join(f'{section}.{k}' for k in keys)}: no effect {why}")
+
+    d = cfg.data
+    if d.reads_files:
+        note("data", _changed(d, "samples", "val_samples", "sample_shape", "sample_kind", "num_classes"),
+             "when reading a dataset (data.path); they describe synthetic data")
+    else:
+        note("data", _changed(d, "shuffle_window", "block_samples", "prefetch", "read_threads", "verify",
+                              "stage_dir", "inputs", "targets", "inputs_by_name"),
+             "on synthetic data; they are for datasets read from data.path")
+    if cfg.model.name in BUILTIN_MODELS:
+        note("data", _changed(d, "sample_shape", "sample_kind", "num_classes"),
+             f"with the built-in model {cfg.model.name!r}, which knows its own samples")
+    else:
+        note("model", _changed(cfg.model, "width", "depth", "num_classes", "input_dim", "in_channels",
+                               "image_size", "vocab_size", "seq_len", "heads"),
+             "for a model given by import path: give its arguments in [model.args]")
+    if not cfg.distill.teacher:
+        note("distill", _changed(cfg.distill, "temperature", "alpha"), "without distill.teacher")
+    c = cfg.checkpoint
+    if not (c.every_steps or c.every_minutes or c.at_end):
+        note("checkpoint", _changed(c, "keep", "async_write", "on_error", "dir"),
+             "when no checkpoint is written (every_steps, every_minutes and at_end are all off); stop signals "
+             "still write one")
+    if world_size == 1:
+        note("comm", _changed(cfg.comm, "compression", "fusion_threshold_mb"),
+             "on one rank: there is no gradient all-reduce")
+    if cfg.train.precision != "fp16":
+        note("train", _changed(cfg.train, "loss_scale"), "unless train.precision = \"fp16\"")
+    o = cfg.optim
+    if o.name not in ("sgd", "lars"):
+        note("optim", _changed(o, "momentum"), f"with optim.name = {o.name!r}")
+    if o.decay != "poly":
+        note("optim", _changed(o, "power"), "unless optim.decay = \"poly\"")
+    if o.decay != "step":
+        note("optim", _changed(o, "step_size", "gamma"), "unless optim.decay = \"step\"")
+    if o.decay in ("constant", "step"):
+        note("optim", _changed(o, "min_lr"), f"with optim.decay = {o.decay!r}")
+    if o.name in ("lamb", "lars"):
+        note("optim", _changed(o, "fused"), f"with optim.name = {o.name!r} (no fused kernel)")
+    return notes
+
+
 def _check(ok: bool, key: str, what: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {what}")

@@ -25,6 +25,14 @@ def base_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.name!r}")  # config validation makes this unreachable
 
 
+def state_copies(cfg: OptimConfig) -> int:
+    """Tensors of optimizer state per parameter tensor (momentum; Adam's two moments): what a checkpoint holds
+    beside the weights."""
+    if cfg.name in ("adamw", "lamb"):
+        return 2
+    return 1 if cfg.momentum > 0 else 0
+
+
 def compression(comm: CommConfig) -> type:
     return hvd.Compression.fp16 if comm.compression == "fp16" else hvd.Compression.none
 

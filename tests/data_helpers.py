@@ -46,3 +46,19 @@ class SmallDisk:
 
             gc.collect()  # close HDF5 files still referenced by a caught exception's frames
             subprocess.run(["umount", str(self.path)], check=True)
+
+
+class ReadOnlyDir:
+    """A real read-only file system (a tmpfs mounted ro): root, as CI runs, can write anywhere else."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir()
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)],
+                              capture_output=True, text=True)
+        self.mounted = proc.returncode == 0
+        self.why = proc.stderr.strip()
+
+    def close(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", str(self.path)], check=True)

@@ -110,10 +110,24 @@ def sha256_file(path: Path, block: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def _not_a_dataset_dir(path: Path) -> str:
+    """What ``path`` is instead of a dataset directory, and what to pass."""
+    if not path.exists():
+        return "dataset directory not found (relative paths are relative to the working directory)"
+    if path.name == MANIFEST:
+        return f"is the manifest file: pass its directory, {path.parent}"
+    if path.suffix in (".h5", ".hdf5") and (path.parent / MANIFEST).exists():
+        return f"is one shard of a dataset: pass the dataset directory, {path.parent}"
+    if path.suffix in (".npy", ".npz", ".h5", ".hdf5"):
+        return (f"is a {path.suffix} file, not a dataset directory: convert it first with "
+                f"`hpctrain data shard DIR --field x={path.name}...`, then pass DIR")
+    return "is a file, not a dataset directory (a directory of shard-*.h5 files and manifest.json)"
+
+
 def read_manifest(root: str | Path) -> Manifest:
     path = Path(root) / MANIFEST
     if not Path(root).is_dir():
-        raise DataError(f"{root}: dataset directory not found")
+        raise DataError(f"{root}: {_not_a_dataset_dir(Path(root))}")
     try:
         d = json.loads(path.read_text())
     except FileNotFoundError:

@@ -162,3 +162,30 @@ def test_resume_with_a_different_world_size(tmp_path, new_world):
     a = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+def test_rerunning_a_finished_run_changes_nothing_and_a_longer_one_continues(tmp_path):
+    """Re-running a finished run (the README's "Ctrl-C, rerun" after the end, or a resubmitted job) says it is
+    complete and leaves every file byte for byte; a larger train.steps trains on from the last checkpoint."""
+    args = ["model.name=mlp", "model.width=32", "train.steps=20", "run.log_every=5", f"run.dir={tmp_path}"]
+    run(mpirun(2, HPCTRAIN, "train", *args))
+    before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    again = run(mpirun(2, HPCTRAIN, "train", *args))
+    assert "already complete at step 20" in again.stderr and "step 1/" not in again.stderr
+    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
+    run(mpirun(2, HPCTRAIN, "train", *args, "train.steps=30"))
+    s = summary(tmp_path)
+    assert s["steps"] == 30 and s["resumed_from"].endswith("step-00000020") and s["final_loss"] is not None
+
+
+@pytest.mark.parametrize("change, says", [
+    ("optim.name=adamw", "optim.name was 'sgd' in the checkpoint, 'adamw' now"),
+    ("optim.name=lamb", "optim.name was 'sgd' in the checkpoint, 'lamb' now"),
+    ("model.width=48", "model.width was 32 in the checkpoint, 48 now"),
+])
+def test_resuming_with_another_optimizer_or_model_names_the_setting(tmp_path, change, says):
+    args = ["model.name=mlp", "model.width=32", "train.steps=10", f"run.dir={tmp_path}"]
+    run([HPCTRAIN, "train", *args])
+    proc = run([HPCTRAIN, "train", *args, "train.steps=20", change], check=False)
+    assert proc.returncode == 2 and says in proc.stderr, proc.stderr[-2000:]
+    assert "--resume never" in proc.stderr and "Traceback" not in proc.stderr

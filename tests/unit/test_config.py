@@ -1,3 +1,5 @@
+import tomllib
+
 import pytest
 
 from hpctrain import config
@@ -81,3 +83,39 @@ def test_describe_lists_every_key_with_help():
                 "comm.compression", "comm.fusion_threshold_mb", "comm.cycle_time_ms", "checkpoint.every_steps"):
         line = next(ln for ln in text.splitlines() if ln.startswith(key + " "))
         assert len(line.split(": ", 1)[1]) > 10, line
+
+
+@pytest.mark.parametrize("overrides, world, expected", [
+    (["data.shuffle_window=16"], 2, ["data.shuffle_window: no effect on synthetic data"]),
+    (["data.path=/d", "data.samples=10"], 2, ["data.samples: no effect when reading a dataset"]),
+    (["model.name=m:f", "model.width=8", "data.sample_shape=[4]", "data.num_classes=2"], 2,
+     ["model.width: no effect for a model given by import path"]),
+    (["data.num_classes=3"], 2, ["data.num_classes: no effect with the built-in model 'mlp'"]),
+    (["distill.alpha=0.9"], 2, ["distill.alpha: no effect without distill.teacher"]),
+    (["checkpoint.at_end=false", "checkpoint.keep=5"], 2, ["checkpoint.keep: no effect when no checkpoint"]),
+    (["comm.compression=fp16"], 1, ["comm.compression: no effect on one rank"]),
+    (["comm.compression=fp16"], 2, []),
+    (["train.loss_scale=1024"], 2, ["train.loss_scale: no effect unless train.precision = \"fp16\""]),
+    (["optim.name=adamw", "optim.momentum=0.5"], 2, ["optim.momentum: no effect with optim.name = 'adamw'"]),
+    (["optim.gamma=0.5"], 2, ["optim.gamma: no effect unless optim.decay = \"step\""]),
+    (["optim.decay=cosine", "optim.min_lr=0.01"], 2, []),
+    ([], 2, []),
+])
+def test_keys_without_effect_are_named(overrides, world, expected):
+    notes = config.ineffective(config.load(None, overrides), world)
+    assert len(notes) == len(expected)
+    for note, fragment in zip(notes, expected, strict=True):
+        assert note.startswith(fragment), note
+
+
+def test_table_overrides_and_lists_round_trip_through_toml():
+    cfg = config.load(None, ["model.name=pkg.mod:build", "model.args.depth=4", "model.args.act=\"gelu\"",
+                             "data.inputs=[\"x\", \"mask\"]", "data.sample_shape=[3, 8, 8]", "data.num_classes=5"])
+    assert cfg.model.args == {"depth": 4, "act": "gelu"} and cfg.data.inputs == ["x", "mask"]
+    assert config.from_dict(tomllib.loads(config.to_toml(cfg))) == cfg
+
+
+def test_data_path_with_synthetic_source_is_refused():
+    with pytest.raises(ConfigError, match="data.path: is set .* but data.source = \"synthetic\" ignores it"):
+        config.load(None, ["data.source=synthetic", "data.path=/data/x"])
+    assert config.load(None, ["data.path=/data/x"]).data.reads_files
