@@ -83,3 +83,9 @@ def test_data_path_to_a_file_says_what_it_is(tmp_path, name, says):
     proc = run([HPCTRAIN, "train", "model.input_dim=4", f"data.path={root / name}", f"run.dir={tmp_path / 'r'}"],
                check=False)
     assert proc.returncode == 2 and f"{root / name}: {says}" in proc.stderr, proc.stderr
+
+
+def test_last_step_checkpoint_is_written_and_logged_once(tmp_path):
+    proc = run(mpirun(2, HPCTRAIN, "train", "model.width=32", "train.steps=20", "checkpoint.every_steps=10",
+                      f"run.dir={tmp_path}"))
+    assert proc.stderr.count("step-00000020 written") == 1 and proc.stderr.count("step-00000010 written") == 1
