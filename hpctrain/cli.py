@@ -244,11 +244,10 @@ def cmd_data(args: argparse.Namespace) -> int:
             except json.JSONDecodeError:
                 meta[key] = value
         meta["converted_from"] = {name: Path(spec).name for name, spec in specs.items()}
-    per_sample = sum(f.sample_bytes for f in fields)
-    shards = args.shards or max(1, min(n, -(-n * per_sample // writer.SHARD_TARGET_BYTES)))
+    opts = writer.WriteOptions(args.shards, args.compression, args.chunk_samples, inputs, targets, meta,
+                               args.overwrite)
     try:
-        writer.write_dataset(args.out, fields, read, n, shards, args.compression, args.chunk_samples, inputs,
-                             targets, meta, args.overwrite, comm)
+        writer.write_dataset(args.out, fields, read, n, opts, comm)
     except writer.Interrupted as e:  # a signal, honoured between blocks; the message says where the output is
         if rank == 0:
             print(f"hpctrain: interrupted: {e}", file=sys.stderr, flush=True)

@@ -20,8 +20,8 @@ def make_dataset(root: Path, samples: int = 300, shards: int = 3, chunk: int = 8
         arrays["x"][:, 0] = np.arange(a, b)
         return arrays
 
-    m = writer.write_dataset(root / name, fields, numbered, samples, shards, compression=compression,
-                             chunk_samples=chunk, metadata=meta)
+    m = writer.write_dataset(root / name, fields, numbered, samples, writer.WriteOptions(
+        shards, compression, chunk, metadata=meta))
     return root / name, m
 
 

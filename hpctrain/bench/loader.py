@@ -113,7 +113,7 @@ def run(path: str | None, samples: int, shards: int, batch: int, window: int, re
         tmp = tempfile.TemporaryDirectory(prefix="hpctrain-bench-")
         root = Path(tmp.name) / "ds"
         fields, read, meta = sources.synthetic_source("images", samples, seed=0)
-        writer.write_dataset(root, fields, read, samples, shards, metadata=meta)
+        writer.write_dataset(root, fields, read, samples, writer.WriteOptions(shards, metadata=meta))
     else:
         root = Path(path)
     manifest = fmt.validate(root, checksum=False)

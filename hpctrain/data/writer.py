@@ -27,6 +27,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -225,11 +226,27 @@ def commit(tmp: Path, out: Path, manifest: Manifest, overwrite: bool, token: str
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_dataset(out: str | Path, fields: list[FieldSpec], read: Source, num_samples: int, num_shards: int,
-                  compression: str = "none", chunk_samples: int | None = None, inputs: str = "x",
-                  targets: str = "y", metadata: dict[str, Any] | None = None, overwrite: bool = False,
-                  comm: Any = None) -> Manifest:
-    """Write ``num_samples`` samples of ``read`` as ``num_shards`` shards in ``out`` (atomically).
+@dataclass(frozen=True)
+class WriteOptions:
+    """How a dataset is laid out (the ``hpctrain data shard|synth`` flags of the same names)."""
+
+    shards: int | None = None  # None: about SHARD_TARGET_BYTES each
+    compression: str = "none"
+    chunk_samples: int | None = None  # None: about 1 MiB chunks
+    inputs: str = "x"  # field fed to the model
+    targets: str = "y"  # field the loss compares against
+    metadata: dict[str, Any] = field(default_factory=dict)
+    overwrite: bool = False
+
+
+def default_shards(fields: list[FieldSpec], num_samples: int) -> int:
+    per_sample = sum(f.sample_bytes for f in fields)
+    return max(1, min(num_samples, -(-num_samples * per_sample // SHARD_TARGET_BYTES)))
+
+
+def write_dataset(out: str | Path, fields: list[FieldSpec], read: Source, num_samples: int,
+                  opts: WriteOptions = WriteOptions(), comm: Any = None) -> Manifest:
+    """Write ``num_samples`` samples of ``read`` in ``out`` (atomically), laid out as ``opts`` says.
 
     ``comm`` is an mpi4py communicator (every rank calls this; each writes its own shards) or None.
 
@@ -238,12 +255,14 @@ def write_dataset(out: str | Path, fields: list[FieldSpec], read: Source, num_sa
         Interrupted: SIGINT or SIGTERM arrived; the partial output is removed, an existing ``out`` kept.
     """
     out = Path(out)
+    compression, overwrite = opts.compression, opts.overwrite
+    num_shards = opts.shards or default_shards(fields, num_samples)
     if compression not in COMPRESSIONS:
         raise DataError(f"compression {compression!r}: expected one of {', '.join(COMPRESSIONS)}")
     if out.exists() and not overwrite:
         raise DataError(f"{out}: already exists; pass --overwrite to replace it")
     ranges = shard_ranges(num_samples, num_shards)
-    chunk = chunk_samples or choose_chunk_samples(fields, max(b - a for a, b in ranges))
+    chunk = opts.chunk_samples or choose_chunk_samples(fields, max(b - a for a, b in ranges))
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
     token = comm.bcast(_token() if rank == 0 else None, root=0) if comm is not None else _token()
     tmp = _tmp_dir(out, token)
@@ -279,7 +298,7 @@ def write_dataset(out: str | Path, fields: list[FieldSpec], read: Source, num_sa
         manifest = None
         if signum is None and first_error is None and rank == 0:
             shards = [info for _, info in sorted(x for part in gathered for x in part)]
-            manifest = Manifest(fields, shards, chunk, compression, inputs, targets, metadata or {})
+            manifest = Manifest(fields, shards, chunk, compression, opts.inputs, opts.targets, dict(opts.metadata))
             try:
                 commit(tmp, out, manifest, overwrite, token)
             except OSError as e:

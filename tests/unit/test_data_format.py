@@ -15,8 +15,8 @@ from tests.data_helpers import SmallDisk, ids_of, make_dataset
 
 def test_round_trip_through_the_format(tmp_path):
     fields, read, meta = sources.synthetic_source("images", 100, seed=3, shape=(2, 5, 5))
-    m = writer.write_dataset(tmp_path / "ds", fields, read, 100, 3, compression="lzf", chunk_samples=7,
-                             metadata=meta)
+    m = writer.write_dataset(tmp_path / "ds", fields, read, 100,
+                             writer.WriteOptions(3, compression="lzf", chunk_samples=7, metadata=meta))
     assert [s.samples for s in m.shards] == [33, 34, 33]
     on_disk = fmt.validate(tmp_path / "ds")
     assert on_disk == m and on_disk.compression == "lzf" and on_disk.chunk_samples == 7
@@ -56,7 +56,7 @@ def test_shard_converts_each_input_kind(tmp_path, kind):
             f["labels"] = y
         specs = {"x": f"{tmp_path}/d.h5:/grp/images", "y": f"{tmp_path}/d.h5:/labels"}
     fields, n, read = sources.from_arrays(specs)
-    m = writer.write_dataset(tmp_path / "out", fields, read, n, 4)
+    m = writer.write_dataset(tmp_path / "out", fields, read, n, writer.WriteOptions(4))
     back = ShardFiles(tmp_path / "out", m).read(np.arange(50))
     np.testing.assert_array_equal(back["x"], x)
     np.testing.assert_array_equal(back["y"], y)
@@ -69,8 +69,8 @@ def test_conversion_streams_in_bounded_pieces(tmp_path, monkeypatch):
     np.save(tmp_path / "x.npy", x)
     fields, n, read = sources.from_arrays({"x": str(tmp_path / "x.npy")})
     sizes = []
-    writer.write_dataset(tmp_path / "out", fields, lambda a, b: (sizes.append(b - a), read(a, b))[1], n, 2,
-                         chunk_samples=16)
+    writer.write_dataset(tmp_path / "out", fields, lambda a, b: (sizes.append(b - a), read(a, b))[1], n,
+                         writer.WriteOptions(2, chunk_samples=16))
     assert sum(sizes) == 1000 and max(sizes) <= 64
 
 
@@ -161,7 +161,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path):
         return read(a, b)
 
     with pytest.raises(DataError, match="input broke at sample 50"):
-        writer.write_dataset(tmp_path / "ds", fields, failing, 100, 4)
+        writer.write_dataset(tmp_path / "ds", fields, failing, 100, writer.WriteOptions(4))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -170,7 +170,7 @@ def test_existing_dataset_is_kept_unless_overwrite(tmp_path):
     with pytest.raises(DataError, match="already exists; pass --overwrite"):
         make_dataset(tmp_path, samples=40, shards=1)
     fields, read, _ = sources.synthetic_source("vectors", 60, seed=2, shape=(4,))
-    writer.write_dataset(root, fields, read, 60, 2, overwrite=True)
+    writer.write_dataset(root, fields, read, 60, writer.WriteOptions(2, overwrite=True))
     assert fmt.validate(root).num_samples == 60 and sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 
 
@@ -181,7 +181,7 @@ def test_disk_full_fails_cleanly_and_keeps_nothing(tmp_path):
     try:
         fields, read, _ = sources.synthetic_source("vectors", 20_000, seed=1, shape=(64,))  # ~5 MiB
         with pytest.raises(DataError, match="writing failed .*is the disk full"):
-            writer.write_dataset(disk.path / "ds", fields, read, 20_000, 2)
+            writer.write_dataset(disk.path / "ds", fields, read, 20_000, writer.WriteOptions(2))
         assert list(disk.path.iterdir()) == []
     finally:
         disk.close()
