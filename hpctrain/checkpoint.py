@@ -11,7 +11,6 @@ from the file (``torch.load(weights_only=True)`` and JSON).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -29,6 +28,7 @@ from typing import Any
 
 import torch
 
+from hpctrain import files
 from hpctrain.config import CheckpointConfig, FaultConfig, UserError
 
 log = logging.getLogger(__name__)
@@ -45,31 +45,6 @@ class CheckpointError(UserError):
 
 def step_dir(root: Path, step: int) -> Path:
     return root / f"step-{step:08d}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, data: bytes) -> str:
-    """Write, flush and fsync; the digest is of the bytes meant, so a later corruption shows."""
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    return hashlib.sha256(data).hexdigest()
 
 
 def _torch_bytes(obj: Any) -> bytes:
@@ -92,15 +67,15 @@ def write(root: Path, step: int, tensors: dict[str, Any], state: dict[str, Any])
         tmp.mkdir()
         digests = {}
         for name in TENSOR_FILES:
-            digests[name] = _write_file(tmp / name, _torch_bytes(tensors[name]))
-        digests[STATE_FILE] = _write_file(tmp / STATE_FILE, json.dumps(state, indent=1, sort_keys=True).encode())
+            digests[name] = files.write_synced(tmp / name, _torch_bytes(tensors[name]))
+        digests[STATE_FILE] = files.write_synced(tmp / STATE_FILE, json.dumps(state, indent=1, sort_keys=True).encode())
         manifest = {"step": step, "files": digests, "written_at": time.time()}
-        _write_file(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
-        _fsync_dir(tmp)
+        files.write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
+        files.fsync_dir(tmp)
         if final.exists():  # an incomplete leftover of a crashed writer: nothing worth keeping
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        files.fsync_dir(root)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"{final}: writing the checkpoint failed ({e.strerror or e}); "
@@ -112,18 +87,18 @@ def verify(path: Path) -> str | None:
     """None if ``path`` is a complete checkpoint whose files match their SHA-256, else the reason."""
     try:
         manifest = json.loads((path / MANIFEST).read_text())
-        files = manifest["files"]
+        digests = manifest["files"]
     except FileNotFoundError:
         return "no MANIFEST.json (incomplete: the writer did not finish)"
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         return f"unreadable MANIFEST.json ({e})"
     for name in (*TENSOR_FILES, STATE_FILE):
-        if name not in files:
+        if name not in digests:
             return f"{name} missing from the manifest"
         f = path / name
         if not f.exists():
             return f"{name} is missing"
-        if _sha256(f) != files[name]:
+        if files.sha256_file(f) != digests[name]:
             return f"{name} does not match its SHA-256 (truncated or modified)"
     return None
 

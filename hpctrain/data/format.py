@@ -5,7 +5,6 @@ writing is in ``writer.py``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from hpctrain.config import UserError
+from hpctrain.files import sha256_file
 
 FORMAT_NAME = "hpctrain.sharded-hdf5"
 FORMAT_VERSION = 1
@@ -100,14 +100,6 @@ class Manifest:
         if "num_samples" in d and int(d["num_samples"]) != m.num_samples:
             raise DataError(f"{source}: num_samples {d['num_samples']} != sum of shard samples {m.num_samples}")
         return m
-
-
-def sha256_file(path: Path, block: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _not_a_dataset_dir(path: Path) -> str:

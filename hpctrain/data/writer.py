@@ -16,7 +16,6 @@ dataset removes it once the PID in its name no longer runs on this host.
 from __future__ import annotations
 
 import glob
-import hashlib
 import io
 import logging
 import os
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from hpctrain import files
 from hpctrain.data.format import COMPRESSIONS, MANIFEST, DataError, FieldSpec, Manifest, ShardInfo
 
 log = logging.getLogger(__name__)
@@ -144,11 +144,7 @@ def write_shard(path: Path, fields: list[FieldSpec], read: Source, start: int, s
                     dsets[spec.name][a - start + c:a - start + min(b - a, c + block)] = arr[c:c + block]
     check()
     data = buf.getbuffer()
-    with open(path, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    return ShardInfo(path.name, n, len(data), hashlib.sha256(data).hexdigest())
+    return ShardInfo(path.name, n, len(data), files.write_synced(path, data))
 
 
 def io_reason(e: BaseException) -> str:
@@ -175,7 +171,10 @@ def _runs(pid: int) -> bool:
         return False
     except PermissionError:  # another user's process: it runs
         pass
-    return True
+    try:  # a zombie (ended, not yet reaped: mpirun's killed ranks, for a moment) writes nothing any more
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 # what follows ".NAME." in a temporary's name; older writers named no host (they ran on this one, as a rule)

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
+from hpctrain.data import writer
 from tests.data_helpers import make_dataset
-from tests.launch import HPCTRAIN, REPO, env, mpirun, run, summary
+from tests.launch import HPCTRAIN, REPO, env, mpirun, run, summary, wait_for
 
 
 def test_parallel_synth_writes_the_same_bytes_as_serial(tmp_path):
@@ -44,6 +45,8 @@ def test_ctrl_c_of_mpirun_during_a_parallel_write_leaves_nothing(tmp_path):
         assert "hpctrain: interrupted: removed partial output" in err or "hpctrain" not in err, err
     else:
         (tmp,) = left
+        pid = int(tmp.name.split("tmp-")[1].split("@")[0])
+        wait_for(lambda: not writer._runs(pid), timeout=30, what=f"the killed rank {pid} to end")
         again = run(mpirun(2, HPCTRAIN, "data", "synth", str(out), "--samples", "100", "--shards", "2"))
         assert f"removed {tmp}: partial output of a writer that no longer runs" in again.stderr
         assert [p.name for p in tmp_path.iterdir()] == ["ds"]
