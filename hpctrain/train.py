@@ -86,6 +86,11 @@ def build_model(cfg: Config, given: nn.Module | Callable[[], nn.Module] | None) 
     return model
 
 
+def check_input_names(by_name: bool, names: Any) -> None:
+    if by_name and not isinstance(names, list):
+        raise ConfigError("data.inputs_by_name: needs named fields (an HDF5 dataset); this data has none")
+
+
 def transform_generator(seed: int, rank: int, step: int) -> torch.Generator:
     """The generator a batch transform gets: a function of (train.seed, rank, step) only, so a resumed run
     augments its batches exactly as the uninterrupted run did."""
@@ -106,8 +111,7 @@ class Trainer:
         self.data = build_data(cfg, rt, parts)
         self.world_sizes: list[int] = []  # elastic: the world size after each (re)start of the loop
         self.input_names = self.data.description["train"].get("inputs")
-        if cfg.data.inputs_by_name and not isinstance(self.input_names, list):
-            raise ConfigError("data.inputs_by_name: needs named fields (an HDF5 dataset); this data has none")
+        rt.agree(lambda: check_input_names(cfg.data.inputs_by_name, self.input_names))
         seed_everything(cfg.train.seed)  # same initial weights on every rank, before the broadcast
         self.model = rt.agree(lambda: build_model(cfg, parts.model)).to(rt.device)
         self.loss_fn = parts.loss or rt.agree(lambda: models.build_loss(cfg.train.loss))
