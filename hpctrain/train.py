@@ -155,7 +155,8 @@ class Trainer:
         cfg, rt = self.cfg, self.rt
         error = None
         if rt.is_root or rt.elastic:
-            need = 3 * sum(t.numel() * t.element_size() for t in self.model.state_dict().values()) + (1 << 20)
+            weights = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+            need = weights * (1 + optim.state_copies(cfg.optim))  # one checkpoint; older ones are pruned after
             error = (checkpoint.check_writable(self.run_dir, 1 << 20, "run.dir")
                      or checkpoint.check_writable(self.checkpointer.root, need,
                                                   "checkpoint.dir" if cfg.checkpoint.dir else "run.dir"))
@@ -172,6 +173,8 @@ class Trainer:
         if self.first_loss is not None:
             self.metrics.first_loss = self.first_loss
         if rt.is_root:
+            for note in config_mod.ineffective(cfg, rt.size):
+                log.warning("%s", note)
             log.info("data: %s", describe_data(self.data.description))
             if self.teacher is not None:
                 log.info("distilling from teacher %s", cfg.distill.teacher)
@@ -384,10 +387,7 @@ class Trainer:
                                          d.alpha)
 
     def lr_at(self, step: int) -> float:
-        o = self.cfg.optim
-        peak = schedule.scaled_lr(o.lr, self.rt.size, o.lr_scaling)
-        return schedule.lr_at(step, peak, self.cfg.train.steps, o.warmup_steps, o.decay, o.min_lr, o.power,
-                              o.step_size, o.gamma)
+        return schedule.lr_at(step, schedule.Schedule.from_config(self.cfg.optim, self.cfg.train.steps, self.rt.size))
 
     def train(self) -> dict[str, Any]:
         self.open_outputs()
