@@ -130,6 +130,10 @@ class Trainer:
         self.grad_norm: float | None = None  # train.clip_norm: the last step's norm before clipping
         seed_everything(rank_seed(cfg.train.seed, rt.rank))  # dist: per-rank randomness from here on
         self.step = 0
+        # the schedule follows samples: (step, samples trained on before it) where this world took over, and
+        # the global batch that converts the schedule's step counts into samples (the run's first)
+        self.samples_at = (0, 0)
+        self.schedule_batch = cfg.train.batch_size * rt.size
         self.phase_s = np.zeros(len(PHASES))  # this step's seconds in each phase (see train_step)
         self.first_loss: float | None = None
         ckpt_root = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else self.run_dir / "checkpoints"
@@ -155,8 +159,7 @@ class Trainer:
         cfg, rt = self.cfg, self.rt
         error = None
         if rt.is_root or rt.elastic:
-            weights = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
-            need = weights * (1 + optim.state_copies(cfg.optim))  # one checkpoint; older ones are pruned after
+            need = 3 * sum(t.numel() * t.element_size() for t in self.model.state_dict().values()) + (1 << 20)
             error = (checkpoint.check_writable(self.run_dir, 1 << 20, "run.dir")
                      or checkpoint.check_writable(self.checkpointer.root, need,
                                                   "checkpoint.dir" if cfg.checkpoint.dir else "run.dir"))
@@ -173,8 +176,6 @@ class Trainer:
         if self.first_loss is not None:
             self.metrics.first_loss = self.first_loss
         if rt.is_root:
-            for note in config_mod.ineffective(cfg, rt.size):
-                log.warning("%s", note)
             log.info("data: %s", describe_data(self.data.description))
             if self.teacher is not None:
                 log.info("distilling from teacher %s", cfg.distill.teacher)
@@ -269,9 +270,10 @@ class Trainer:
         """(tensors, JSON state) of a checkpoint; a collective (every rank's RNG state is gathered)."""
         rngs = hvd.allgather_object(capture_rng(), name="hpctrain.rng")  # dist
         tensors = {"model.pt": self.model.state_dict(), "optimizer.pt": self.optimizer.state_dict(),
-                   "extra.pt": {"rng": rngs, "lr_scheduler": {},  # the schedule is a function of the step
+                   "extra.pt": {"rng": rngs, "lr_scheduler": {},  # the schedule: a function of samples_seen
                                 "loss_scaler": self.scaler.state_dict() if self.scaler else {}}}
         state = {"step": self.step, "world_size": self.rt.size, "batch_size": self.cfg.train.batch_size,
+                 "samples_seen": self.samples_before(self.step), "schedule_batch": self.schedule_batch,
                  "data": self.data.train.state_dict(),
                  "first_loss": self.metrics.first_loss if self.metrics else self.first_loss,
                  "config": config_mod.to_dict(self.cfg), "model_given": self.model_given, "versions": versions()}
@@ -307,6 +309,8 @@ class Trainer:
         else:  # a new rank layout: fresh per-rank streams, still a function of (seed, rank, step)
             seed_everything(rank_seed(self.cfg.train.seed + state["step"], self.rt.rank))
         self.step = int(state["step"])
+        seen, self.schedule_batch = schedule.position_from_state(state)
+        self.samples_at = (self.step, seen)
         self.first_loss = state.get("first_loss")
         if self.rt.is_root:
             log.info("resumed from %s (step %d, written by %d rank(s))", path, self.step, state["world_size"])
@@ -386,8 +390,17 @@ class Trainer:
         return distill.distillation_loss(models.logits_of(self.forward(inputs)), soft, target, d.temperature,
                                          d.alpha)
 
+    def samples_before(self, step: int) -> int:
+        """Samples trained on before update ``step`` (0-based), counting one global batch per step since this
+        world took over."""
+        start, seen = self.samples_at
+        return seen + (step - start) * self.cfg.train.batch_size * self.rt.size
+
     def lr_at(self, step: int) -> float:
-        return schedule.lr_at(step, schedule.Schedule.from_config(self.cfg.optim, self.cfg.train.steps, self.rt.size))
+        """The rate of update ``step``: a function of the samples before it (the rule: docs/training.md)."""
+        batch = self.cfg.train.batch_size * self.rt.size
+        s = schedule.Schedule.from_config(self.cfg.optim, self.cfg.train.steps, self.rt.size, self.schedule_batch)
+        return schedule.lr_at_samples(self.samples_before(step), batch, s)
 
     def train(self) -> dict[str, Any]:
         self.open_outputs()
@@ -438,7 +451,9 @@ class Trainer:
         lost (or one is added), Horovod restores the last commit, re-forms the world, and the loop goes on."""
         assert self.metrics is not None
         state = hvd.elastic.TorchState(model=self.model, optimizer=self.optimizer, step=self.step,
-                                       data=self.data.train.state_dict(), first_loss=self.metrics.first_loss)
+                                       data=self.data.train.state_dict(), first_loss=self.metrics.first_loss,
+                                       samples_seen=self.samples_before(self.step),
+                                       schedule_batch=self.schedule_batch)
 
         @hvd.elastic.run  # dist: re-runs the function after a reset, with state synced from rank 0
         def loop(state: Any) -> dict[str, Any]:
@@ -447,6 +462,7 @@ class Trainer:
             def commit() -> None:
                 assert self.metrics is not None
                 state.step, state.data = self.step, self.data.train.state_dict()
+                state.samples_seen = self.samples_before(self.step)  # before the world (and its batch) changes
                 state.first_loss = self.metrics.first_loss
                 state.commit()
 
@@ -462,6 +478,7 @@ class Trainer:
         self.stop_vote.join(self.rt.size)
         runtime.setup_logging(self.rt.rank, self.rt.size, cfg.run.log_all_ranks)
         self.step = state.step
+        self.samples_at, self.schedule_batch = (state.step, state.samples_seen), state.schedule_batch
         assert self.metrics is not None
         self.metrics.set_runtime(self.rt, self.step)
         self.checkpointer.is_root = self.rt.is_root
