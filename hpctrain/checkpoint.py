@@ -2,7 +2,7 @@
 
 A checkpoint is a directory ``<dir>/step-00001000/`` holding ``model.pt``, ``optimizer.pt``, ``extra.pt``
 (RNG states of every rank, an empty ``lr_scheduler`` dict since the schedule is a function of the
-step, and the loss scaler) and ``train_state.json`` (step, data position, world
+samples trained on, and the loss scaler) and ``train_state.json`` (step, samples seen, data position, world
 size, config, versions), plus ``MANIFEST.json`` with the SHA-256 of every file, written last. Rank 0 writes
 it under a temporary name, fsyncs every file and the directory, and renames it into place: a directory
 named ``step-*`` with a matching manifest is complete, anything else is ignored. Loading never runs code

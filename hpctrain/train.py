@@ -134,6 +134,10 @@ class Trainer:
         self.grad_norm: float | None = None  # train.clip_norm: the last step's norm before clipping
         seed_everything(rank_seed(cfg.train.seed, rt.rank))  # dist: per-rank randomness from here on
         self.step = 0
+        # the schedule follows samples: (step, samples trained on before it) where this world took over, and
+        # the global batch that converts the schedule's step counts into samples (the run's first)
+        self.samples_at = (0, 0)
+        self.schedule_batch = cfg.train.batch_size * rt.size
         self.phase_s = np.zeros(len(PHASES))  # this step's seconds in each phase (see train_step)
         self.first_loss: float | None = None
         ckpt_root = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else self.run_dir / "checkpoints"
@@ -273,9 +277,10 @@ class Trainer:
         """(tensors, JSON state) of a checkpoint; a collective (every rank's RNG state is gathered)."""
         rngs = hvd.allgather_object(capture_rng(), name="hpctrain.rng")  # dist
         tensors = {"model.pt": self.model.state_dict(), "optimizer.pt": self.optimizer.state_dict(),
-                   "extra.pt": {"rng": rngs, "lr_scheduler": {},  # the schedule is a function of the step
+                   "extra.pt": {"rng": rngs, "lr_scheduler": {},  # the schedule: a function of samples_seen
                                 "loss_scaler": self.scaler.state_dict() if self.scaler else {}}}
         state = {"step": self.step, "world_size": self.rt.size, "batch_size": self.cfg.train.batch_size,
+                 "samples_seen": self.samples_before(self.step), "schedule_batch": self.schedule_batch,
                  "data": self.data.train.state_dict(),
                  "first_loss": self.metrics.first_loss if self.metrics else self.first_loss,
                  "config": config_mod.to_dict(self.cfg), "model_given": self.model_given, "versions": versions()}
@@ -311,6 +316,8 @@ class Trainer:
         else:  # a new rank layout: fresh per-rank streams, still a function of (seed, rank, step)
             seed_everything(rank_seed(self.cfg.train.seed + state["step"], self.rt.rank))
         self.step = int(state["step"])
+        seen, self.schedule_batch = schedule.position_from_state(state)
+        self.samples_at = (self.step, seen)
         self.first_loss = state.get("first_loss")
         if self.rt.is_root:
             log.info("resumed from %s (step %d, written by %d rank(s))", path, self.step, state["world_size"])
@@ -390,11 +397,17 @@ class Trainer:
         return distill.distillation_loss(models.logits_of(self.forward(inputs)), soft, target, d.temperature,
                                          d.alpha)
 
+    def samples_before(self, step: int) -> int:
+        """Samples trained on before update ``step`` (0-based), counting one global batch per step since this
+        world took over."""
+        start, seen = self.samples_at
+        return seen + (step - start) * self.cfg.train.batch_size * self.rt.size
+
     def lr_at(self, step: int) -> float:
-        o = self.cfg.optim
-        peak = schedule.scaled_lr(o.lr, self.rt.size, o.lr_scaling)
-        return schedule.lr_at(step, peak, self.cfg.train.steps, o.warmup_steps, o.decay, o.min_lr, o.power,
-                              o.step_size, o.gamma)
+        """The rate of update ``step``: a function of the samples before it (the rule: docs/training.md)."""
+        batch = self.cfg.train.batch_size * self.rt.size
+        s = schedule.Schedule.from_config(self.cfg.optim, self.cfg.train.steps, self.rt.size, self.schedule_batch)
+        return schedule.lr_at_samples(self.samples_before(step), batch, s)
 
     def train(self) -> dict[str, Any]:
         self.open_outputs()
@@ -445,7 +458,9 @@ class Trainer:
         lost (or one is added), Horovod restores the last commit, re-forms the world, and the loop goes on."""
         assert self.metrics is not None
         state = hvd.elastic.TorchState(model=self.model, optimizer=self.optimizer, step=self.step,
-                                       data=self.data.train.state_dict(), first_loss=self.metrics.first_loss)
+                                       data=self.data.train.state_dict(), first_loss=self.metrics.first_loss,
+                                       samples_seen=self.samples_before(self.step),
+                                       schedule_batch=self.schedule_batch)
 
         @hvd.elastic.run  # dist: re-runs the function after a reset, with state synced from rank 0
         def loop(state: Any) -> dict[str, Any]:
@@ -454,6 +469,7 @@ class Trainer:
             def commit() -> None:
                 assert self.metrics is not None
                 state.step, state.data = self.step, self.data.train.state_dict()
+                state.samples_seen = self.samples_before(self.step)  # before the world (and its batch) changes
                 state.first_loss = self.metrics.first_loss
                 state.commit()
 
@@ -469,6 +485,7 @@ class Trainer:
         self.stop_vote.join(self.rt.size)
         runtime.setup_logging(self.rt.rank, self.rt.size, cfg.run.log_all_ranks)
         self.step = state.step
+        self.samples_at, self.schedule_batch = (state.step, state.samples_seen), state.schedule_batch
         assert self.metrics is not None
         self.metrics.set_runtime(self.rt, self.step)
         self.checkpointer.is_root = self.rt.is_root

@@ -1,6 +1,8 @@
 """Kill-and-resume on real ranks: signals, SIGKILL, damaged checkpoints, a hung rank, a full disk, and a
 change of world size. Bit-identical means equal `params_sha256` (SHA-256 of every parameter's bytes)."""
 
+import json
+import math
 import os
 import signal
 import subprocess
@@ -189,3 +191,36 @@ def test_resuming_with_another_optimizer_or_model_names_the_setting(tmp_path, ch
     proc = run([HPCTRAIN, "train", *args, "train.steps=20", change], check=False)
     assert proc.returncode == 2 and says in proc.stderr, proc.stderr[-2000:]
     assert "--resume never" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_learning_rate_after_a_resume_on_more_ranks_follows_samples(tmp_path):
+    """6 steps on 2 ranks x 16, then on to step 40 on 4 ranks x 16 with optim.lr_scaling = "linear": the
+    global batch doubles (32 -> 64) and so does the peak (0.2 -> 0.4). The rates logged after the resume are
+    those of the rule in docs/training.md, by hand: the schedule's position is the samples trained on, its
+    lengths are steps of the run's first global batch (10 x 32 warmup, 40 x 32 in all)."""
+    common = ["model.name=mlp", "model.width=64", "data.samples=512", "train.batch_size=16", "run.log_every=1",
+              "optim.lr=0.1", "optim.lr_scaling=linear", "optim.warmup_steps=10", "optim.decay=cosine",
+              "optim.min_lr=0.01", f"run.dir={tmp_path}"]
+    run(mpirun(2, HPCTRAIN, "train", *common, "train.steps=6"))  # warmup only: train.steps does not enter
+    run(mpirun(4, HPCTRAIN, "train", *common, "train.steps=40"))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lr = {r["step"]: r["lr"] for r in records if "lr" in r}  # step k's record: the rate of update k - 1
+    assert sorted(lr) == list(range(1, 41))
+
+    def cosine(t):  # t schedule steps (of 32 samples) into the 30-step decay
+        return 0.01 + (0.4 - 0.01) * 0.5 * (1 + math.cos(math.pi * min(t, 30) / 30))
+
+    want = {k: 0.2 * k / 10 for k in range(1, 7)}  # 2 ranks: peak 0.1 x 2, by step = by samples
+    want[7] = 0.4 * (192 + 64) / 320  # update 6: 192 samples seen, 256 once it is in, of 320 warmup samples
+    want[8] = 0.4  # update 7: 256 + 64 = 320, the end of warmup
+    for k in range(9, 41):  # update k - 1 has seen 192 + (k - 7) * 64 samples: 2 schedule steps per update
+        want[k] = cosine((192 + (k - 7) * 64) / 32 - 10)
+    assert want[24] == pytest.approx(0.01) and want[23] > 0.01  # the schedule ends at 1280 samples, update 23
+    for k, rate in want.items():
+        assert lr[k] == pytest.approx(rate, rel=1e-12), k
+    # the control: the by-step rule (what hpctrain did before) at the same peak gives other rates after the
+    # resume, from warmup to the end
+    by_step = {k: 0.4 * k / 10 if k <= 10 else cosine(k - 11) for k in range(7, 41)}
+    assert all(by_step[k] != pytest.approx(want[k], rel=1e-6) for k in range(7, 40))
+    state = json.loads((tmp_path / "checkpoints" / "step-00000040" / "train_state.json").read_text())
+    assert state["samples_seen"] == 6 * 32 + 34 * 64 and state["schedule_batch"] == 32

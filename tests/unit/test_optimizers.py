@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hpctrain.optimizers import LAMB, LARS
-from hpctrain.schedule import apply_lr, lr_at
+from hpctrain.schedule import Schedule, apply_lr, lr_at
 
 
 def param(values):
@@ -150,8 +150,9 @@ def test_reduces_a_quadratic_loss_in_a_training_loop(make):
     opt = make(model.parameters())
     losses = []
     steps = 300
+    schedule = Schedule(opt.defaults["lr"], steps, warmup_steps=20, decay="cosine")
     for s in range(steps):
-        apply_lr(opt, lr_at(s, opt.defaults["lr"], steps, 20, "cosine"))
+        apply_lr(opt, lr_at(s, schedule))
         opt.zero_grad()
         loss = torch.nn.functional.mse_loss(model(x), y)
         loss.backward()
