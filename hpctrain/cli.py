@@ -110,8 +110,9 @@ def _parser() -> argparse.ArgumentParser:
                          "PyTorch loop, interleaved")
     bc.add_argument("--models", help="comma list of mlp-21m, cnn, transformer (default mlp-21m,cnn; none when "
                                      "--model is given)")
-    bc.add_argument("--model", metavar="MODULE:CALLABLE", help="also a model of your own by import path (its "
-                    "directory on PYTHONPATH), built with --model-args; its synthetic samples from --set")
+    bc.add_argument("--model", metavar="MODULE:CALLABLE", help="a model of your own by import path (its "
+                    "directory on PYTHONPATH), built with --model-args, its synthetic samples from --set; run "
+                    "beside the --models named, else alone")
     bc.add_argument("--model-args", metavar="K=V,K=V", help="--model's keyword arguments: key=value,key=value "
                     "(TOML values) or a JSON object")
     bc.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
