@@ -108,13 +108,23 @@ def _parser() -> argparse.ArgumentParser:
     allreduce.add_arguments(ba)
     bc = bsub.add_parser("compare", help="hpctrain vs a raw Horovod loop, PyTorch DDP (torchrun) or a plain "
                          "PyTorch loop, interleaved")
-    bc.add_argument("--models", default="mlp-21m,cnn", help="comma list of mlp-21m, cnn, transformer")
+    bc.add_argument("--models", help="comma list of mlp-21m, cnn, transformer (default mlp-21m,cnn; none when "
+                                     "--model is given)")
+    bc.add_argument("--model", metavar="MODULE:CALLABLE", help="a model of your own by import path (its "
+                    "directory on PYTHONPATH), built with --model-args, its synthetic samples from --set; run "
+                    "beside the --models named, else alone")
+    bc.add_argument("--model-args", metavar="K=V,K=V", help="--model's keyword arguments: key=value,key=value "
+                    "(TOML values) or a JSON object")
+    bc.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="for --model, repeatable: data.sample_shape=[3,32,32], data.sample_kind=classes|tokens, "
+                         "data.num_classes=N, train.batch_size=N (after --batch), train.seed=N, model.args.K=V")
     bc.add_argument("--ranks", default="1,2", help="comma list of rank counts")
     bc.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
-    bc.add_argument("--steps", type=int, help="steps per run (default: mlp-21m 150, cnn 500, transformer 100; "
-                                               "5 warm-up steps are not timed)")
-    bc.add_argument("--impls", help="hpctrain first, then peers: horovod (raw loop, mpirun), ddp (torchrun), torch "
-                                    "(plain loop, one process); default hpctrain,horovod,ddp")
+    bc.add_argument("--steps", type=int, help="steps per run (default: mlp-21m 150, cnn 500, transformer 100, "
+                                               "--model 200; 5 warm-up steps are not timed)")
+    bc.add_argument("--impls", help="hpctrain first, then api (hpctrain.fit from a script, mpirun) and peers: "
+                                    "horovod (raw loop, mpirun), ddp (torchrun), torch (plain loop, one process); "
+                                    "default hpctrain,horovod,ddp")
     bc.add_argument("--launcher", default="mpirun", choices=["mpirun", "direct"],
                     help="how hpctrain and the raw Horovod loop start: mpirun, or direct (one process, no MPI "
                          "launcher; --ranks 1)")

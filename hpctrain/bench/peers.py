@@ -4,10 +4,13 @@
   ddp      PyTorch DistributedDataParallel launched by torchrun (gloo on CPU, nccl on GPU);
   torch    a plain single-process PyTorch loop, no distribution at all (the one-GPU reference).
 
-All train the registry model that the same ``section.key=value`` overrides as `hpctrain train` describe, on
-the same synthetic data with the same per-rank batch, threads and SGD kernel (fused), one GPU per rank where
-there are GPUs, copying each batch from host memory as hpctrain does; each prints one JSON line: samples/s
-over the steps after warm-up, from the slowest rank.
+All train the model that the same ``section.key=value`` overrides as `hpctrain train` describe (a built-in
+one, or a user's ``model.name = "package.module:callable"`` with ``model.args.*``, its synthetic samples
+described by ``data.sample_shape``/``sample_kind``/``num_classes``), on the same synthetic data with the
+same per-rank batch, threads and SGD kernel (fused), one GPU per rank where there are GPUs, copying each
+batch from host memory as hpctrain does; each prints one JSON line: samples/s over the steps after warm-up,
+from the slowest rank. The loss reads the logits from whatever the model returns (models.loss_fn: a tensor,
+a tuple, a dict or Hugging Face's ``.logits``).
 
     python -m hpctrain.bench.peers horovod --steps 200 model.name=mlp model.width=2048 train.batch_size=64
 """
@@ -26,6 +29,7 @@ import torch
 from hpctrain import models
 from hpctrain.config import Config, load
 from hpctrain.data import synthetic
+from hpctrain.data.pipeline import SampleShape, _synthetic_shape
 from hpctrain.runtime import cpu_threads
 
 
@@ -38,10 +42,20 @@ def problem(cfg: Config, local_size: int, local_rank: int) -> tuple[torch.nn.Mod
         device = torch.device("cpu")
         torch.set_num_threads(cpu_threads(local_size))  # hpctrain's rule: a share of the cores per rank
     torch.manual_seed(cfg.train.seed)
-    spec = models.sample_spec(cfg.model)
-    x, y = synthetic.samples(cfg.train.batch_size * 8, spec.input_shape, spec.num_classes, cfg.train.seed,
-                             spec.input_dtype == torch.int64)
+    shape = sample_shape(cfg)
+    x, y = synthetic.samples(cfg.train.batch_size * 8, shape.input_shape, shape.num_classes, cfg.train.seed,
+                             shape.tokens)
     return models.build(cfg.model).to(device), torch.from_numpy(x), torch.from_numpy(y)
+
+
+def sample_shape(cfg: Config) -> SampleShape:
+    """One synthetic sample: a built-in model's own shape, or the data.* keys for a model given by import path
+    (hpctrain's pipeline rule itself, not a copy of it, so both sides train on the same samples)."""
+    spec = None
+    if models.is_builtin(cfg.model.name):
+        s = models.sample_spec(cfg.model)
+        spec = SampleShape(s.input_shape, s.input_dtype == torch.int64, s.num_classes)
+    return _synthetic_shape(cfg.data, spec)
 
 
 def sgd(params: Any, cfg: Config) -> torch.optim.Optimizer:
@@ -131,7 +145,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("overrides", nargs="*", help="section.key=value, as for hpctrain train (model.*, "
-                                                 "train.batch_size, train.seed, optim.lr)")
+                                                 "train.batch_size, train.seed, optim.lr, data.sample_shape, "
+                                                 "data.sample_kind, data.num_classes)")
     args = p.parse_intermixed_args()
     result = RUNNERS[args.impl](load(None, args.overrides), args)
     if result.pop("rank") == 0:

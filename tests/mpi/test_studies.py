@@ -1,6 +1,7 @@
-"""The measurement tools end to end on real ranks: `bench compare` (hpctrain, raw Horovod, DDP via torchrun)
-and a quick 1-2 rank scaling study followed by its report. Throughput figures are not asserted (timed
-tests fail on a busy machine); what is asserted is that every run happened and the arithmetic holds."""
+"""The measurement tools end to end on real ranks: `bench compare` (hpctrain, raw Horovod, DDP via torchrun;
+a user's model by import path, and hpctrain through the Python API) and a quick 1-2 rank scaling study
+followed by its report. Throughput figures are not asserted (timed tests fail on a busy machine); what is
+asserted is that every run happened and the arithmetic holds."""
 
 import json
 
@@ -36,6 +37,35 @@ def test_bench_compare_one_process_against_a_plain_torch_loop(tmp_path):
     assert "vs torch" in proc.stdout and "vs ddp" not in proc.stdout
     bad = run([HPCTRAIN, "bench", "compare", "--impls", "hpctrain,torch", "--ranks", "2"], check=False)
     assert bad.returncode == 2 and "use --ranks 1" in bad.stderr
+
+
+def test_bench_compare_on_a_users_gpt2_by_config_and_through_the_python_api(tmp_path):
+    """Hugging Face's GPT-2 (docs/examples/mymodels.py, output object with .logits) in every implementation
+    that launches under mpirun, on 1 and 2 ranks; the module reaches every rank through PYTHONPATH."""
+    out = tmp_path / "compare.json"
+    user = ["--model", "mymodels:gpt2", "--model-args", "vocab_size=128,seq_len=32,width=32,layers=1",
+            "--set", "data.sample_shape=[32]", "--set", "data.sample_kind=tokens", "--set", "data.num_classes=128"]
+    proc = run([HPCTRAIN, "bench", "compare", *user, "--ranks", "1,2", "--rounds", "1", "--steps", "10",
+                "--batch", "8", "--impls", "hpctrain,api,horovod", "--json", str(out)], timeout=600,
+               PYTHONPATH="docs/examples")
+    result = json.loads(out.read_text())
+    assert result["impls"] == ["hpctrain", "api", "horovod"] and list(result["models"]) == ["mymodels:gpt2"]
+    assert {"model.name=mymodels:gpt2", "model.args.width=32", "data.sample_kind=tokens",
+            "train.batch_size=8"} <= set(result["models"]["mymodels:gpt2"])
+    assert [(r["model"], r["ranks"]) for r in result["rows"]] == [("mymodels:gpt2", 1), ("mymodels:gpt2", 2)]
+    for row in result["rows"]:
+        assert all(row[f"{i}_samples_per_sec"] > 0 for i in ("hpctrain", "api", "horovod"))
+        assert abs(row["api_vs_horovod"] - row["api_samples_per_sec"] / row["horovod_samples_per_sec"]) < 1e-9
+        assert abs(row["api_vs_hpctrain"] - row["api_samples_per_sec"] / row["hpctrain_samples_per_sec"]) < 1e-9
+        line = next(ln.split() for ln in proc.stdout.splitlines() if ln.split()[:2] == ["mymodels:gpt2",
+                                                                                       str(row["ranks"])])
+        assert line[2:5] == [f"{row[f'{i}_samples_per_sec']:.1f}" for i in ("hpctrain", "api", "horovod")]
+        assert f"{row['api_vs_horovod']:.3f}x" in line
+    assert "api vs horovod" in proc.stdout and "vs ddp" not in proc.stdout
+    bad = run([HPCTRAIN, "bench", "compare", *user, "--set", "optim.lr=0.1"], check=False, PYTHONPATH="docs/examples")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--set: expected KEY=VALUE" in bad.stderr
+    bad = run([HPCTRAIN, "bench", "compare", *user], check=False)  # no PYTHONPATH: said before any rank starts
+    assert bad.returncode == 2 and "cannot import module 'mymodels'" in bad.stderr
 
 
 def test_quick_strong_study_and_report(tmp_path):
