@@ -57,28 +57,28 @@ def test_registry_names_are_the_configs():
 
 
 def test_user_model_by_import_path(tmp_path, monkeypatch):
-    (tmp_path / "mymodels.py").write_text(
+    (tmp_path / "unit_usermods.py").write_text(
         "import torch\n"
         "def wide(width=3, out=2):\n    return torch.nn.Linear(width, out)\n"
         "def not_a_module():\n    return 42\n"
         "def broken(**kw):\n    raise ValueError('width must be even')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    cfg = config.load(None, ["model.name=mymodels:wide", "model.args.width=5", "model.args.out=7"]).model
+    cfg = config.load(None, ["model.name=unit_usermods:wide", "model.args.width=5", "model.args.out=7"]).model
     model = models.build(cfg)
     assert (model.in_features, model.out_features) == (5, 7)
-    cfg.name = "mymodels:not_a_module"
+    cfg.name = "unit_usermods:not_a_module"
     cfg.args = {}
-    with pytest.raises(ConfigError, match="model.name: mymodels:not_a_module returned int, not a torch.nn.Module"):
+    with pytest.raises(ConfigError, match="model.name: unit_usermods:not_a_module returned int, not a torch.nn.Module"):
         models.build(cfg)
-    cfg.name = "mymodels:broken"
+    cfg.name = "unit_usermods:broken"
     with pytest.raises(ConfigError) as e:
         models.build(cfg)
     first, *rest = str(e.value).splitlines()
-    assert first == "model.name: mymodels:broken() raised ValueError: width must be even"
-    assert "Traceback of your code" in rest[0] and "mymodels.py" in str(e.value)
+    assert first == "model.name: unit_usermods:broken() raised ValueError: width must be even"
+    assert "Traceback of your code" in rest[0] and "unit_usermods.py" in str(e.value)
     assert "hpctrain/" not in "\n".join(rest)  # only the user's frames follow the line
-    cfg.name = "mymodels:nothing"
-    with pytest.raises(ConfigError, match="model.name: 'mymodels' has no attribute 'nothing' \\(it has: broken"):
+    cfg.name = "unit_usermods:nothing"
+    with pytest.raises(ConfigError, match="model.name: 'unit_usermods' has no attribute 'nothing' \\(it has: broken"):
         models.build(cfg)
     cfg.name = "nosuchpackage.mod:fn"
     with pytest.raises(ConfigError, match="cannot import module 'nosuchpackage.mod'.*PYTHONPATH"):
