@@ -104,6 +104,8 @@ class Trainer:
 
     def __init__(self, cfg: Config, rt: Runtime, parts: Parts | None = None) -> None:
         parts = parts or Parts()
+        self.stop_flag = StopFlag()
+        self.stop_flag.install()  # from the start: a signal during set-up stops the run at its first step boundary
         self.cfg = cfg
         self.rt = rt
         self.run_dir = Path(cfg.run.dir)
@@ -146,7 +148,6 @@ class Trainer:
                                                                  rt.elastic))
         if not rt.elastic:
             optim.broadcast_state(self.model, self.optimizer)  # dist: every rank starts from rank 0's state
-        self.stop_flag = StopFlag()
         self.stop_vote = StopVote(cfg.fault.signal_check_every, self.stop_flag, self.checkpointer)
         self.stop_vote.join(rt.size)
         self.watchdog = Watchdog(cfg.fault, rt.rank, end_job)
@@ -414,7 +415,6 @@ class Trainer:
         assert self.metrics is not None
         self.model.train()
         self.metrics.start(self.step)
-        self.stop_flag.install()
         self.watchdog.start()
         return self._train_elastic() if self.cfg.fault.elastic else self._train_loop()
 
@@ -605,12 +605,18 @@ def describe_summary(summary: dict[str, Any], run_dir: Path) -> str:
         val += f" over {summary['val_samples']} samples\n"
     return (f"trained {summary['model']} for {summary['steps']} steps on {summary['world_size']} rank(s) "
             f"({summary['launcher']}, {summary['controller']} controller, compression {summary['compression']})\n"
-            f"  loss {summary['initial_loss']:.4f} -> {summary['final_loss']:.4f}\n{val}"
-            f"  throughput {rate:,.0f} samples/s global, {per_rank:,.0f} samples/s per rank, "
-            f"step {summary['step_time_ms']['mean']:.1f} ms (after {summary['warmup_steps']} warm-up steps)\n"
+            f"  loss {_fmt(summary['initial_loss'], '.4f')} -> {_fmt(summary['final_loss'], '.4f')}\n{val}"
+            + (f"  throughput {rate:,.0f} samples/s global, {per_rank:,.0f} samples/s per rank, "
+               f"step {summary['step_time_ms']['mean']:.1f} ms (after {summary['warmup_steps']} warm-up steps)\n"
+               if summary.get("measured_steps") else "  throughput: no step measured after warm-up\n") +
             f"  step time ms: {phases}\n"
             f"  outputs in {run_dir}/: metrics.jsonl, summary.json, config.toml, model.pt, report.md, tensorboard/\n"
             f"  params_sha256 {summary['params_sha256']}")
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    """A figure of the summary, or "n/a" where a run had none (no step trained since a resume)."""
+    return "n/a" if value is None or value != value else format(value, spec)
 
 
 def end_job() -> None:
