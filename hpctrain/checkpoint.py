@@ -113,7 +113,7 @@ def candidates(root: Path) -> list[Path]:
 
 def latest_good(root: Path) -> tuple[Path | None, list[str]]:
     """The newest checkpoint that verifies, and why each newer one was passed over."""
-    skipped = []
+    skipped: list[str] = []
     for path in candidates(root):
         reason = verify(path)
         if reason is None:
@@ -130,8 +130,8 @@ def resolve(path: Path) -> tuple[Path | None, str | None]:
         for reason in skipped:
             log.warning("passing over %s", reason)
         return (newest, None) if newest is not None else (None, "no good checkpoint in it")
-    reason = verify(path)
-    return (path, None) if reason is None else (None, reason)
+    why = verify(path)
+    return (path, None) if why is None else (None, why)
 
 
 def load(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -269,7 +269,7 @@ def capture_rng() -> dict[str, Any]:
 
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss = random.getstate()
-    return {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
+    return {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
             "numpy_rest": [kind, int(pos), int(has_gauss), float(cached)],
             "python": [version, list(internal), gauss]}
 
@@ -356,21 +356,21 @@ def select_resume(resume: str, root: Path, is_root: bool, elastic: bool) -> Path
     choice: tuple[str | None, str | None] = (None, None)  # (path, error)
     if (is_root or elastic) and resume != "never":
         if resume == "auto":
-            path, skipped = latest_good(root)
-            for reason in skipped:
-                log.warning("not resuming from %s", reason)
-            choice = (str(path) if path else None, None)
+            newest, skipped = latest_good(root)
+            for why in skipped:
+                log.warning("not resuming from %s", why)
+            choice = (str(newest) if newest else None, None)
         else:
-            path, reason = resolve(Path(resume))
-            choice = (str(path), None) if reason is None else (None, f"--resume {resume}: {reason}")
+            named, reason = resolve(Path(resume))
+            choice = (str(named), None) if reason is None else (None, f"--resume {resume}: {reason}")
     if not elastic:  # dist: elastic ranks each choose (same files, same choice): a joining worker may not broadcast
         import horovod.torch as hvd
 
         choice = hvd.broadcast_object(choice, root_rank=0, name="hpctrain.resume")
-    path, error = choice
+    chosen, error = choice
     if error is not None:
         raise CheckpointError(error, agreed=True)
-    return Path(path) if path else None
+    return Path(chosen) if chosen else None
 
 
 # Settings whose change makes a checkpoint's tensors not fit: named in the error instead of a KeyError.

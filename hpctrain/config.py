@@ -326,14 +326,20 @@ class Config:
                "not supported with fault.elastic = true: stage the dataset before the job, or read it in place")
 
 
+def _default(f: dataclasses.Field[Any]) -> Any:
+    """A field's default value, whether given directly or by a factory (tables and lists)."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
 def _changed(section: Any, *keys: str) -> list[str]:
     """Those of ``keys`` set to something other than their default in ``section``."""
     fields = {f.name: f for f in dataclasses.fields(section)}
     out = []
     for key in keys:
         f = fields[key]
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
-        if getattr(section, key) != default:
+        if getattr(section, key) != _default(f):
             out.append(key)
     return out
 
@@ -566,6 +572,5 @@ def describe() -> str:
                 kind = f"list of {typing.get_args(hint)[0].__name__}"
             else:
                 kind = getattr(hint, "__name__", str(hint))
-            default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
-            out.append(f"{section}.{f.name} ({kind}, default {default!r}): {f.metadata.get('help', '')}")
+            out.append(f"{section}.{f.name} ({kind}, default {_default(f)!r}): {f.metadata.get('help', '')}")
     return "\n".join(out)

@@ -110,8 +110,9 @@ class TinyLM(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         t = tokens.shape[1]
+        mask: torch.Tensor = self.mask  # type: ignore[assignment]  # a registered buffer
         x = self.embed(tokens) + self.pos[:t]
-        x = self.layers(x, mask=self.mask[:t, :t], is_causal=True)
+        x = self.layers(x, mask=mask[:t, :t], is_causal=True)
         return self.out(self.norm(x))
 
 
@@ -224,8 +225,9 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         var = (total[c:2 * c] / count - mean * mean).clamp_min(0)
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
-                self.num_batches_tracked += 1  # type: ignore[operator]
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                tracked: torch.Tensor = self.num_batches_tracked  # type: ignore[assignment]  # a buffer
+                tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(tracked)
                 self.running_mean.mul_(1 - m).add_(m * mean.detach())
                 self.running_var.mul_(1 - m).add_(m * var.detach() * count / max(float(count) - 1, 1.0))
         shape = [1, c] + [1] * (x.dim() - 2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import horovod.torch as hvd
 import torch
 from torch import nn
@@ -37,9 +39,10 @@ def compression(comm: CommConfig) -> type:
     return hvd.Compression.fp16 if comm.compression == "fp16" else hvd.Compression.none
 
 
-def build(model: nn.Module, cfg: OptimConfig, comm: CommConfig, backward_passes: int = 1) -> torch.optim.Optimizer:
+def build(model: nn.Module, cfg: OptimConfig, comm: CommConfig, backward_passes: int = 1) -> Any:
     """The configured optimizer, wrapped so gradients are averaged across ranks by ring all-reduce, once
-    every ``backward_passes`` backward passes (gradient accumulation)."""
+    every ``backward_passes`` backward passes (gradient accumulation). Horovod makes the wrapper's class at run
+    time (a subclass of the optimizer's, with ``synchronize`` and ``skip_synchronize``), hence ``Any``."""
     return hvd.DistributedOptimizer(  # dist: all-reduce each gradient as soon as backward produces it
         base_optimizer(model, cfg),
         named_parameters=model.named_parameters(),

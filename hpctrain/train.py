@@ -218,7 +218,8 @@ class Trainer:
         raises all end here with one line naming the key. Draws no random numbers and moves no data position."""
         given = self.parts.train_data is not None, self.parts.val_data is not None
         train_key = "train_data" if given[0] else "data.path" if self.cfg.data.reads_files else "data"
-        sources = [("train", train_key, self.data.train.first)]
+        sources: list[tuple[str, str, Callable[[int], pipeline.Batch | None]]] = [
+            ("train", train_key, self.data.train.first)]
         if self.data.val is not None:
             val = self.data.val
             val_key = "val_data" if given[1] else "data.val_path" if self.cfg.data.val_path else "data.val_samples"
@@ -420,6 +421,7 @@ class Trainer:
 
     def _train_loop(self, commit: Callable[[], None] | None = None) -> dict[str, Any]:
         cfg = self.cfg
+        assert self.metrics is not None  # opened by train()
         while self.step < cfg.train.steps:
             self.watchdog.enter("data")
             t0 = time.perf_counter()
@@ -529,6 +531,7 @@ class Trainer:
 
     def finish(self) -> dict[str, Any]:
         """Summary on every rank (collective); rank 0 writes summary.json and the final weights."""
+        assert self.metrics is not None  # opened by train()
         digest = params_sha256(self.model)
         # dist: per-rank values that must agree (the parameters; fp16 skipped steps and loss scale; the clipped
         # norm): a difference means a broken broadcast, a lost update or ranks that took different decisions

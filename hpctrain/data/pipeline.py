@@ -119,7 +119,7 @@ class DatasetSource:
     def __init__(self, dataset: Any, sampler: GlobalBatchSampler, key: str = "train_data") -> None:
         self.dataset, self.sampler, self.key = dataset, sampler, key
 
-    def _items(self, ids: Sequence[int]) -> Batch:
+    def _items(self, ids: Sequence[int] | np.ndarray) -> Batch:
         from hpctrain import components
 
         items = components.call(lambda: [self.dataset[int(i)] for i in ids], self.key, "Dataset.__getitem__")
@@ -227,23 +227,23 @@ def label_range(files: ShardFiles, target: str) -> tuple[int, int] | None:
     spec = files.manifest.field(target)
     if np.dtype(spec.dtype).kind not in "iu" or files.manifest.num_samples * spec.sample_bytes > LABEL_SCAN_MAX_BYTES:
         return None
-    lo, hi = None, None
+    lows, highs = [], []
     step = max(1, (8 << 20) // max(1, spec.sample_bytes))
     for a in range(0, files.manifest.num_samples, step):
-        ids = np.arange(a, min(a + step, files.manifest.num_samples))
-        y = files.read(ids)[target]
-        lo = int(y.min()) if lo is None else min(lo, int(y.min()))
-        hi = int(y.max()) if hi is None else max(hi, int(y.max()))
-    return None if lo is None else (lo, hi)
+        y = files.read(np.arange(a, min(a + step, files.manifest.num_samples)))[target]
+        lows.append(int(y.min()))
+        highs.append(int(y.max()))
+    return (min(lows), max(highs)) if lows else None
 
 
 def stage_paths(cfg: DataConfig, rt: World, barrier: Callable[[], None]) -> tuple[str, str]:
     """Dataset paths to read from: in place, or staged to node-local storage first (collective)."""
     if not cfg.stage_dir:
         return cfg.path, cfg.val_path
-    return tuple(  # type: ignore[return-value]
-        str(rt.agree(lambda p=p: stage(p, cfg.stage_dir, rt.local_rank, barrier))) if p else ""
-        for p in (cfg.path, cfg.val_path))
+    def staged(path: str) -> str:
+        return str(rt.agree(lambda: stage(path, cfg.stage_dir, rt.local_rank, barrier))) if path else ""
+
+    return staged(cfg.path), staged(cfg.val_path)
 
 
 class Given:

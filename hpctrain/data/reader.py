@@ -33,7 +33,7 @@ IOV_MAX = 1024  # buffers per preadv call (Linux limit)
 
 def row_views(arr: np.ndarray) -> list[memoryview]:
     """One writable byte view per sample of ``arr``: the iovecs of a scatter read."""
-    flat = memoryview(arr.reshape(len(arr), -1).view(np.uint8)).cast("B")
+    flat = memoryview(arr.reshape(len(arr), -1).view(np.uint8)).cast("B")  # type: ignore[arg-type]  # ndarray is a buffer
     row = flat.nbytes // max(1, len(arr))
     return [flat[i * row:(i + 1) * row] for i in range(len(arr))]
 
@@ -78,9 +78,9 @@ class _Shard:
         """Samples [a, a+n) of field ``f`` into ``out[dests]`` (``views``: ``row_views(out)``, if at hand)."""
         index = self.chunk_offsets[f.name]
         if index is None:
-            tmp = np.empty((n, *f.shape), dtype=f.dtype)
-            self.h5[f.name].read_direct(tmp, np.s_[a:a + n])
-            out[dests] = tmp
+            whole = np.empty((n, *f.shape), dtype=f.dtype)
+            self.h5[f.name].read_direct(whole, np.s_[a:a + n])
+            out[dests] = whole
             return
         rows, offsets = index
         row = f.sample_bytes
@@ -99,7 +99,7 @@ class _Shard:
                 m = min(IOV_MAX, k - c)
                 lo = done + c
                 if contiguous:
-                    bufs = [out[int(dests[lo]):int(dests[lo]) + m]]
+                    bufs: list[Any] = [out[int(dests[lo]):int(dests[lo]) + m]]
                 elif scatter:  # each sample straight into its shuffled slot
                     bufs = [views[d] for d in dests[lo:lo + m].tolist()]  # type: ignore[index]
                 else:  # small samples: one read, then a cheap scatter in memory
@@ -165,7 +165,8 @@ class ShardFiles:
                 shard = self._shards[index]
                 for f in self.fields:
                     try:
-                        shard.read_run(f, a, int(j - i), out[f.name], dests[i:j], views and views.get(f.name))
+                        shard.read_run(f, a, int(j - i), out[f.name], dests[i:j],
+                                       views.get(f.name) if views else None)
                     except (OSError, KeyError) as e:
                         raise DataError(f"{shard.path}: reading {f.name!r} samples {a}..{a + j - i} failed "
                                         f"({e}); run `hpctrain data validate` on the dataset") from None
@@ -255,7 +256,8 @@ class ShardedReader:
             raise DataError(f"{root}: {self.num_samples} samples cannot fill one global batch of "
                             f"{world * batch_size} ({batch_size} per rank x {world} ranks): use fewer ranks, "
                             "a smaller train.batch_size or data.remainder=pad")
-        self.epoch, self.history, self.steps = 0, [], 0  # the consumer's position
+        self.history: list[tuple[int, int, int]] = []  # (world, batch size, steps) of earlier rank layouts
+        self.epoch, self.steps = 0, 0  # the consumer's position
         self._queue: queue.Queue = queue.Queue(maxsize=self.prefetch)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -83,8 +83,8 @@ class StopFlag:
                     previous[sig] = signal.signal(sig, self._handle)
             yield self
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def shard_name(index: int) -> str:
@@ -313,7 +313,7 @@ def write_dataset(out: str | Path, fields: list[FieldSpec], read: Source, num_sa
             if signum is not None:
                 kept = f"the existing {out} is unchanged" if out.exists() else f"{out} was not written"
                 raise Interrupted(signum, f"removed partial output {tmp}; {kept}")
-            raise DataError(first_error, agreed=comm is not None)
+            raise DataError(str(first_error), agreed=comm is not None)
     if stop.signum is not None:  # it came after the last check: the dataset is whole, so it stays
         raise Interrupted(stop.signum, f"{out} was already complete and is kept")
     assert manifest is not None

@@ -276,6 +276,8 @@ def _load_allreduce(path: Path) -> dict[str, Any]:
         raise ScalingError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
         raise ScalingError(f"{path}: results: missing; expected the JSON of `hpctrain bench allreduce --json`")
+    if not isinstance(data.get("world_size"), int):
+        raise ScalingError(f"{path}: world_size: missing; expected the JSON of `hpctrain bench allreduce --json`")
     return data
 
 
@@ -284,7 +286,7 @@ def _comm_model(records: list[dict[str, Any]], tables: dict[str, list[dict[str, 
                 compute_s: float | None) -> dict[str, Any]:
     bench = _load_allreduce(allreduce_path)
     try:
-        alpha, beta = fit_alpha_beta(bench["results"], bench.get("world_size"))
+        alpha, beta = fit_alpha_beta(bench["results"], bench["world_size"])
     except ScalingError as e:
         raise ScalingError(f"{allreduce_path}: {e}") from None
     sizes = sorted({r["bytes"] for r in bench["results"] if r.get("impl") == "horovod"})
