@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.launch import HPCTRAIN, horovodrun, mpirun, run, summary
+from tests.launch import BIN, HPCTRAIN, horovodrun, mpirun, run, summary
 
 SMALL = ["model.name=mlp", "model.width=32", "train.steps=20", "train.batch_size=16", "data.samples=1024",
          "run.log_every=5", "train.warmup_steps=2"]
@@ -10,7 +10,7 @@ SMALL = ["model.name=mlp", "model.width=32", "train.steps=20", "train.batch_size
 
 @pytest.mark.parametrize("launcher, cmd, controller", [
     ("openmpi", lambda *a: mpirun(2, *a), "mpi"),
-    ("openmpi", lambda *a: horovodrun(2, *a), "mpi"),  # horovodrun drives mpirun when MPI is present
+    ("horovodrun", lambda *a: horovodrun(2, *a), "mpi"),  # horovodrun drives mpirun when MPI is present
     ("horovodrun-gloo", lambda *a: horovodrun(2, *a, gloo=True), "gloo"),
 ], ids=["mpirun", "horovodrun", "horovodrun-gloo"])
 def test_two_rank_training(tmp_path, launcher, cmd, controller):
@@ -38,3 +38,22 @@ def test_info_reports_every_rank():
     assert "launcher    openmpi; controller mpi; world size 2" in out
     assert "rank 0/2" in out and "rank 1/2" in out
     assert "MPI library: Open MPI" in out and "\0" not in out  # plain text: Open MPI's version ends in a NUL
+
+
+def test_torchrun_is_refused_on_every_process_before_anything_is_written(tmp_path):
+    """torchrun's processes never join one Horovod job: each would train alone into the same run.dir (and exit
+    0). Every process exits 2 before MPI starts and rank 0 says which launchers work. torchrun stops the other
+    processes as soon as one fails, so each runs under a shell that ignores that SIGTERM and records the exit
+    code; torchrun itself then returns 1."""
+    codes = tmp_path / "codes"
+    codes.mkdir()
+    wrapper = f'trap "" TERM; "$0" "$@"; code=$?; echo $code > {codes}/rank-$RANK; exit $code'
+    proc = run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--no-python", "sh", "-c", wrapper, HPCTRAIN,
+                "train", *SMALL, f"run.dir={tmp_path / 'run'}"], check=False, timeout=120)
+    line = ("hpctrain: error: WORLD_SIZE=2: started by torchrun, whose processes do not form one Horovod job "
+            "(each would train alone, all into the same run.dir): launch with mpirun -np N, horovodrun -np N "
+            "(or --gloo), or srun --mpi=pmix inside Slurm")
+    assert proc.stderr.count(line) == 1, proc.stderr
+    assert {p.name: p.read_text().strip() for p in codes.iterdir()} == {"rank-0": "2", "rank-1": "2"}
+    assert proc.returncode == 1
+    assert not (tmp_path / "run").exists()
