@@ -1,8 +1,15 @@
 """Real 2-rank launches of `hpctrain train` and `hpctrain info` under each launcher we support."""
 
+import json
+import os
+import signal
+import subprocess
+import time
+
+import psutil
 import pytest
 
-from tests.launch import BIN, HPCTRAIN, horovodrun, mpirun, run, summary
+from tests.launch import BIN, HPCTRAIN, REPO, env, horovodrun, mpirun, run, summary
 
 SMALL = ["model.name=mlp", "model.width=32", "train.steps=20", "train.batch_size=16", "data.samples=1024",
          "run.log_every=5", "train.warmup_steps=2"]
@@ -22,6 +29,8 @@ def test_two_rank_training(tmp_path, launcher, cmd, controller):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 5  # steps 1, 5, 10, 15, 20
     assert (tmp_path / "model.pt").exists() and (tmp_path / "config.toml").exists()
+    ended = json.loads((tmp_path / "exit.json").read_text())
+    assert (ended["exit_code"], ended["outcome"], ended["step"], ended["launcher"]) == (0, "completed", 20, launcher)
 
 
 def test_single_process_and_two_ranks_write_the_same_summary_keys(tmp_path):
@@ -57,3 +66,65 @@ def test_torchrun_is_refused_on_every_process_before_anything_is_written(tmp_pat
     assert {p.name: p.read_text().strip() for p in codes.iterdir()} == {"rank-0": "2", "rank-1": "2"}
     assert proc.returncode == 1
     assert not (tmp_path / "run").exists()
+
+
+LONG = ["model.name=mlp", "model.width=64", "data.samples=4096", "train.batch_size=16", "run.log_every=50",
+        "train.steps=100000", "run.progress=off"]
+LAUNCH = {"mpirun": lambda *a: mpirun(2, *a), "horovodrun": lambda *a: horovodrun(2, *a),
+          "horovodrun-gloo": lambda *a: horovodrun(2, *a, gloo=True)}
+
+
+def _logged_step(run_dir) -> int:
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    return max((json.loads(ln).get("step", 0) for ln in lines if ln.endswith("}")), default=0)
+
+
+def _ranks(proc: subprocess.Popen) -> list[psutil.Process]:
+    """The hpctrain processes under the launcher (not its shells, mpirun or orted)."""
+    return [c for c in psutil.Process(proc.pid).children(recursive=True)
+            if c.name() not in ("sh", "bash", "mpirun", "orted", "horovodrun") and HPCTRAIN in c.cmdline()]
+
+
+@pytest.mark.parametrize("launcher, stop, code", [
+    # Ctrl-C: the terminal sends SIGINT to the launcher's process group (the ranks are not in it)
+    ("mpirun", "ctrl-c", 1),  # mpirun sends SIGTERM to the ranks 1 s later and returns 1 whatever they return
+    ("mpirun", "usr1-to-launcher", 75),  # forwarded to the ranks; their exit code comes through
+    ("mpirun", "term-to-ranks", 75),  # as Slurm, a scheduler or `kill` would
+    ("horovodrun", "ctrl-c", -signal.SIGINT),  # its /bin/sh -c mpirun dies of the SIGINT (130 in a shell)
+    ("horovodrun", "usr1-to-ranks", 75),  # horovodrun returns what its mpirun returns
+    ("horovodrun-gloo", "term-to-ranks", 1),  # any non-zero exit: 1 and a RuntimeError traceback
+])
+def test_a_stopped_run_checkpoints_and_says_so_in_exit_json_whatever_the_launcher_returns(tmp_path, launcher,
+                                                                                          stop, code):
+    """The ranks checkpoint and exit 75 in every case; the launcher's own exit code is measured here (Open MPI
+    4.1.4, Horovod 0.28.1) and documented in docs/fault-tolerance.md; <run.dir>/exit.json is what holds."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(LAUNCH[launcher](HPCTRAIN, "train", *LONG, f"run.dir={run_dir}"), cwd=REPO, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _logged_step(run_dir) < 100:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate(timeout=30)[0][-3000:]
+            time.sleep(0.2)
+        ranks = _ranks(proc)
+        assert len(ranks) == 2
+        if stop == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        elif stop == "usr1-to-launcher":
+            proc.send_signal(signal.SIGUSR1)
+        else:
+            for r in ranks:
+                r.send_signal(signal.SIGUSR1 if stop.startswith("usr1") else signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0]  # until every holder of the pipe (an orphaned mpirun too) ends
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == code, out[-3000:]
+    assert "stopping on request" in out
+    ended = json.loads((run_dir / "exit.json").read_text())
+    assert (ended["exit_code"], ended["outcome"]) == (75, "preempted"), ended
+    assert ended["launcher"] == {"mpirun": "openmpi"}.get(launcher, launcher)
+    assert ended["checkpoint"].endswith(f"step-{ended['step']:08d}") and os.path.isdir(ended["checkpoint"])
