@@ -220,6 +220,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if hvd.rank() == 0:  # dist: rank 0 now (an elastic run may have a different one than at the start)
         # a finished run run again writes the same bytes again (no time or pid in the record)
         write_exit_files(outcome, code, summary, cfg, detect_launcher(os.environ).launcher)
+    if hvd.size() > 1:
+        # dist: the first rank to exit 75 makes mpirun or srun --kill-on-bad-exit kill the others: none leaves
+        # before rank 0 has finished its files and the record
+        hvd.barrier()
     return code
 
 
