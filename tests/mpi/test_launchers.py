@@ -28,6 +28,9 @@ def test_two_rank_training(tmp_path, launcher, cmd, controller):
     assert s["final_loss"] < s["initial_loss"]
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 5  # steps 1, 5, 10, 15, 20
+    first = json.loads(lines[0])  # ranks start step 1 at different times: no rank may beat the job's rate
+    assert first["step"] == 1
+    assert first["samples_per_sec_per_rank"]["max"] * 2 == pytest.approx(first["samples_per_sec"], rel=1e-6)
     assert (tmp_path / "model.pt").exists() and (tmp_path / "config.toml").exists()
     ended = json.loads((tmp_path / "exit.json").read_text())
     assert (ended["exit_code"], ended["outcome"], ended["step"], ended["launcher"]) == (0, "completed", 20, launcher)
