@@ -33,9 +33,33 @@ def _env_rank() -> int:
         return 0
 
 
+DESCRIPTION = """\
+Data-parallel PyTorch training with Horovod on sharded HDF5 data, on a workstation or a Slurm cluster.
+One process trains alone; for many ranks start it with mpirun -np N, horovodrun -np N (or --gloo), or
+srun --mpi=pmix inside a Slurm job (slurm/train.sbatch). `hpctrain COMMAND --help` describes each command."""
+
+EPILOG = """\
+examples:
+  hpctrain train --config configs/demo.toml optim.lr=0.1
+  mpirun -np 4 hpctrain train --config run.toml
+  hpctrain data synth data/train --samples 8192
+  hpctrain slurm submit --ntasks 8 --config run.toml
+
+exit codes:
+  0   done
+  1   unexpected failure: a traceback is printed and every rank of the job is ended
+  2   bad input, config or launch: one line "hpctrain: error: ..." says what to change
+  75  stopped by SIGUSR1/SIGTERM after writing a checkpoint: requeue or rerun to resume
+  130 interrupted by Ctrl-C (143: SIGTERM) outside training; data commands remove partial output
+
+A launcher may report other codes (mpirun returns 1 after Ctrl-C); <run.dir>/exit.json records
+hpctrain's own. Docs: docs/getting-started.md, docs/fault-tolerance.md."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hpctrain", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="hpctrain", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model (run it under mpirun, horovodrun or srun for many ranks)")
     t.add_argument("--config", help="TOML config file (defaults apply to missing keys)")
