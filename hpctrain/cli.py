@@ -33,9 +33,33 @@ def _env_rank() -> int:
         return 0
 
 
+DESCRIPTION = """\
+Data-parallel PyTorch training with Horovod on sharded HDF5 data, on a workstation or a Slurm cluster.
+One process trains alone; for many ranks start it with mpirun -np N, horovodrun -np N (or --gloo), or
+srun --mpi=pmix inside a Slurm job (slurm/train.sbatch). `hpctrain COMMAND --help` describes each command."""
+
+EPILOG = """\
+examples:
+  hpctrain train --config configs/demo.toml optim.lr=0.1
+  mpirun -np 4 hpctrain train --config run.toml
+  hpctrain data synth data/train --samples 8192
+  hpctrain slurm submit --ntasks 8 --config run.toml
+
+exit codes:
+  0   done
+  1   unexpected failure: a traceback is printed and every rank of the job is ended
+  2   bad input, config or launch: one line "hpctrain: error: ..." says what to change
+  75  stopped by SIGUSR1/SIGTERM after writing a checkpoint: requeue or rerun to resume
+  130 interrupted by Ctrl-C (143: SIGTERM) outside training; data commands remove partial output
+
+A launcher may report other codes (mpirun returns 1 after Ctrl-C); <run.dir>/exit.json records
+hpctrain's own. Docs: docs/getting-started.md, docs/fault-tolerance.md."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hpctrain", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="hpctrain", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model (run it under mpirun, horovodrun or srun for many ranks)")
     t.add_argument("--config", help="TOML config file (defaults apply to missing keys)")
@@ -176,13 +200,65 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# How a training ended, written by rank 0 as its last act: {"exit_code": 0 or 75, "outcome": "completed" or
+# "preempted", ...}. The exit code hpctrain returns does not always reach the shell: mpirun returns 1 after
+# Ctrl-C or SIGTERM to it although every rank checkpointed and exited 75, horovodrun --gloo returns 1 for any
+# non-zero exit (docs/fault-tolerance.md has the measured table). Absent: the run failed, or is still going.
+RECORD_FILE = "exit.json"
+RECORD_FILE_VAR = "HPCTRAIN_EXIT_FILE"  # a second copy where a batch script wants it (slurm/train.sbatch)
+
+
+def exit_files(run_dir: str) -> list[Path]:
+    extra = os.environ.get(RECORD_FILE_VAR)
+    return [Path(run_dir) / RECORD_FILE, *([Path(extra)] if extra else [])]
+
+
+def write_exit_files(paths: list[Path], code: int, summary: dict, cfg: config_mod.Config, launcher: str) -> None:
+    from hpctrain.checkpoint import step_dir
+    from hpctrain.metrics import write_json_atomic
+
+    steps = int(summary.get("steps", 0))
+    record = {"exit_code": code, "outcome": "preempted" if code == EXIT_REQUEUE else "completed", "step": steps,
+              "launcher": launcher,
+              **{k: os.environ[v] for k, v in (("slurm_job_id", "SLURM_JOB_ID"),
+                                                ("slurm_restart_count", "SLURM_RESTART_COUNT")) if v in os.environ}}
+    if code == EXIT_REQUEUE:
+        ckpt_root = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else Path(cfg.run.dir) / "checkpoints"
+        if summary.get("signal"):
+            record["signal"] = summary["signal"]
+        if step_dir(ckpt_root, steps).is_dir():
+            record["checkpoint"] = str(step_dir(ckpt_root, steps).resolve())
+    for path in paths:
+        try:
+            write_json_atomic(path, record)
+        except OSError as e:  # the training itself is done and saved: say so, keep its exit code
+            log.error("cannot write %s (%s): the exit code is the only record of how this run ended", path,
+                      e.strerror)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     overrides = [*args.overrides, *([f"checkpoint.resume={json.dumps(args.resume)}"] if args.resume else [])]
     cfg = config_mod.load(args.config, overrides)  # all validation before any rank communicates
     from hpctrain import api
 
+    outcome = exit_files(cfg.run.dir)
+    if _env_rank() == 0:  # a previous run's record must not speak for this one, however this one ends
+        for path in outcome:
+            path.unlink(missing_ok=True)
     summary = api.train(cfg)  # the same path as hpctrain.fit in a user's script
-    return EXIT_REQUEUE if summary.get("preempted") else EXIT_OK
+    code = EXIT_REQUEUE if summary.get("preempted") else EXIT_OK
+    import horovod.torch as hvd
+
+    from hpctrain.runtime import detect_launcher
+
+    if hvd.rank() == 0:  # dist: rank 0 now (an elastic run may have a different one than at the start)
+        # a finished run run again writes the same bytes again (no time or pid in the record)
+        write_exit_files(outcome, code, summary, cfg, detect_launcher(os.environ).launcher)
+    if hvd.size() > 1:
+        # dist: the first rank to exit 75 makes mpirun or srun --kill-on-bad-exit kill the others: none leaves
+        # before rank 0 has finished its files and the record
+        hvd.barrier()
+    return code
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -77,6 +77,7 @@ class Metrics:
         self._last_step_end = time.perf_counter()
         self._interval_phases = np.zeros(len(PHASES))
         self._measured_phases = np.zeros(len(PHASES))
+        self._interval_aligned = False
         self._started = time.time()
         self._jsonl = open(run_dir / "metrics.jsonl", "a") if rt.is_root else None  # noqa: SIM115
         self._tb = None
@@ -118,6 +119,7 @@ class Metrics:
         self._measure_start = now if self._warmup_steps <= 0 else None
         self._measured_steps = 0
         self._measured_phases[:] = 0
+        self._interval_aligned = False  # see step_done
 
     def step_done(self, step: int, loss: torch.Tensor, lr: float, phases: np.ndarray | None = None) -> None:
         """Record one finished step (1-based ``step``) and its seconds per phase (:data:`PHASES`); at log
@@ -147,7 +149,13 @@ class Metrics:
         row = torch.tensor([[float(loss.detach()), elapsed, *self._interval_phases]], dtype=torch.float64)
         table = self._gather_ranks(row, "hpctrain.metrics")
         mean_loss = float(table[:, 0].mean())
-        per_rank_rate = self._interval_steps * self.batch_size / table[:, 1]
+        # dist: every interval ends on all ranks together (the step's all-reduce), and after the first log step
+        # also starts together (this allgather). The first one starts wherever each rank finished setting up:
+        # measured at step 1 on 2 ranks, 3.9 and 68.7 ms, the early rank waiting for the late one; the late
+        # rank's 3.9 ms gave "4133/rank" beside a global 466 samples/s. No rank of a synchronous job runs
+        # faster than the job: until the intervals are aligned, each rank's rate is over the job's interval.
+        seconds = table[:, 1] if self._interval_aligned else table[:, 1].max().expand(len(table))
+        per_rank_rate = self._interval_steps * self.batch_size / seconds
         record = {
             "step": step,
             "loss": mean_loss,
@@ -175,6 +183,7 @@ class Metrics:
         self._interval_start = time.perf_counter()
         self._interval_steps = 0
         self._interval_phases[:] = 0
+        self._interval_aligned = True
 
     def record_eval(self, step: int, result: dict[str, Any], seconds: float = 0.0) -> None:
         """Rank 0 appends a validation record to metrics.jsonl; the ``seconds`` it took are left out of

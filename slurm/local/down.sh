@@ -27,7 +27,13 @@ fi
 stop "$DIR/slurmd.pid" slurmd
 stop "$DIR/slurmctld.pid" slurmctld
 stop "$DIR/munged.pid" munged
-# Job steps left behind by a killed slurmd (slurmstepd) would hold the ports and the node's processes.
-pkill -f "slurmstepd: \[" 2>/dev/null || true
+# Job steps left behind by a killed slurmd (slurmstepd) would hold the ports and the node's processes. Only
+# this cluster's: a slurmstepd inherits slurmd's environment, SLURM_CONF included (another cluster, or the
+# system's, has another one); each is stopped by its PID.
+for env in /proc/[0-9]*/environ; do
+  pid=${env#/proc/}; pid=${pid%/environ}
+  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = slurmstepd ] || continue
+  tr '\0' '\n' < "$env" 2>/dev/null | grep -qxF "SLURM_CONF=$SLURM_CONF" && kill -9 "$pid" 2>/dev/null
+done
 [ "${1:-}" = "--purge" ] && rm -rf "$DIR"
 exit 0

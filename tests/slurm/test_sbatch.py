@@ -85,6 +85,10 @@ def test_preemption_signal_checkpoints_requeues_and_resumes_bit_identical(job_en
     out = (run_dir / "logs" / f"hpctrain-{job_id}.out").read_text()
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", out
     assert "checkpointed on request: requeueing (restart 1)" in out
+    ended = json.loads((run_dir / "logs" / job_id / "restart-0.exit.json").read_text())  # what decided it
+    assert (ended["exit_code"], ended["outcome"], ended["slurm_job_id"]) == (75, "preempted", job_id)
+    assert f"checkpointed at step {ended['step']} ({ended['checkpoint']})" in out
+    assert json.loads((run_dir / "logs" / job_id / "restart-1.exit.json").read_text())["exit_code"] == 0
     assert (run_dir / "logs" / job_id / "restart-1.log").exists()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["resumed_from"] is not None and summary["steps"] == STEPS
@@ -141,3 +145,20 @@ def test_scaling_run_through_slurm(job_env, tmp_path):
         "train.steps=30", "run.log_every=10"], job_env)
     recs = [json.loads(ln) for ln in records.read_text().splitlines()]
     assert [(r["world_size"], r["launcher"]) for r in recs] == [(1, "slurm"), (2, "slurm")]
+
+
+def test_a_75_that_hpctrain_did_not_record_is_a_failure_not_a_requeue(job_env, tmp_path):
+    """srun returns its tasks' exit code, but 75 (EX_TEMPFAIL) is not hpctrain's alone: a wrapper in
+    HPCTRAIN_BIN (a container runtime, a site script) may return it too. Only hpctrain's own record of a
+    checkpoint requeues; before, this job was requeued until HPCTRAIN_MAX_RESTARTS."""
+    wrapper = tmp_path / "site-wrapper"
+    wrapper.write_text("#!/bin/sh\necho 'site wrapper: temporary failure' >&2\nexit 75\n")
+    wrapper.chmod(0o755)
+    job_id = sh(["sbatch", "--parsable", "--ntasks=2", f"--output={tmp_path}/%j.out", "slurm/train.sbatch",
+                 "train.steps=20", f"run.dir={tmp_path}/run"],
+                {**job_env, "HPCTRAIN_BIN": str(wrapper), "HPCTRAIN_MAX_RESTARTS": "1",
+                 "HPCTRAIN_LOG_DIR": str(tmp_path / "logs")}).stdout.strip()
+    info = wait_job(job_env, job_id, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"))
+    out = (tmp_path / f"{job_id}.out").read_text()
+    assert (info["JobState"], info["Restarts"], info["ExitCode"]) == ("FAILED", "0", "1:0"), out
+    assert "srun returned 75 but hpctrain recorded no end" in out and "requeueing" not in out

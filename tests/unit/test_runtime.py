@@ -12,6 +12,16 @@ SLURM_BATCH = {"SLURM_JOB_ID": "42", "SLURM_PROCID": "0", "SLURM_NTASKS": "4", "
 # `mpirun -np 2`, rank 1
 OPENMPI = {"OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
            "OMPI_COMM_WORLD_LOCAL_SIZE": "2", "OMPI_COMM_WORLD_NODE_RANK": "0"}
+# `horovodrun -np 2` (MPI mode: it runs mpirun, whose command line it fixes), rank 1
+HOROVODRUN_MPI = {**OPENMPI, "OMPI_MCA_orte_tag_output": "1", "OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "^openib",
+                  "OMPI_MCA_hwloc_base_binding_policy": "none", "OMPI_MCA_rmaps_base_mapping_policy": "slot"}
+# `torchrun --nproc_per_node 2`, rank 1
+TORCHRUN = {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0",
+            "ROLE_RANK": "1", "GROUP_WORLD_SIZE": "1", "ROLE_WORLD_SIZE": "2", "MASTER_ADDR": "localhost",
+            "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "8f33ec5f", "TORCHELASTIC_RESTART_COUNT": "0",
+            "TORCHELASTIC_MAX_RESTARTS": "0", "TORCHELASTIC_USE_AGENT_STORE": "True", "OMP_NUM_THREADS": "1"}
+# `mpiexec -n 2` of MPICH or Intel MPI (Hydra), rank 0
+HYDRA = {"PMI_RANK": "0", "PMI_SIZE": "2", "MPI_LOCALRANKID": "0", "MPI_LOCALNRANKS": "2", "PMI_FD": "6"}
 # `horovodrun --gloo -np 2`, rank 0
 HOROVOD_GLOO = {"HOROVOD_RANK": "0", "HOROVOD_SIZE": "2", "HOROVOD_LOCAL_RANK": "0", "HOROVOD_LOCAL_SIZE": "2",
                 "HOROVOD_CROSS_RANK": "0", "HOROVOD_CROSS_SIZE": "1", "HOROVOD_CONTROLLER": "gloo",
@@ -39,6 +49,13 @@ def test_mpirun_inside_a_slurm_allocation_is_openmpi():
     assert info.launcher == "openmpi" and info.size == 2
 
 
+def test_horovodrun_is_told_from_mpirun_by_the_mpirun_flags_it_always_passes():
+    info = detect_launcher(HOROVODRUN_MPI)
+    assert (info.launcher, info.rank, info.size) == ("horovodrun", 1, 2)
+    assert detect_launcher({**OPENMPI, "OMPI_MCA_pml": "ob1"}).launcher == "openmpi"  # a user's own flag
+    assert choose_controller("horovodrun", True) == "mpi"
+
+
 def test_horovodrun_gloo():
     info = detect_launcher(HOROVOD_GLOO)
     assert (info.launcher, info.rank, info.size, info.local_size) == ("horovodrun-gloo", 0, 2, 2)
@@ -60,6 +77,36 @@ def test_single_process():
 def test_broken_environments(env, message):
     with pytest.raises(LaunchError, match=message):
         detect_launcher(env)
+
+
+@pytest.mark.parametrize("env, launcher, variable", [
+    (TORCHRUN, "torchrun", "WORLD_SIZE=2"),
+    (HYDRA, "mpiexec (MPICH / Intel MPI)", "PMI_SIZE=2"),
+    ({"MV2_COMM_WORLD_RANK": "1", "MV2_COMM_WORLD_SIZE": "4"}, "mpirun (MVAPICH2)", "MV2_COMM_WORLD_SIZE=4"),
+    ({"JSM_NAMESPACE_RANK": "0", "JSM_NAMESPACE_SIZE": "6"}, "jsrun (LSF)", "JSM_NAMESPACE_SIZE=6"),
+])
+def test_launchers_whose_processes_cannot_form_one_job_are_refused_naming_those_that_can(env, launcher, variable):
+    """Each process would come up as a one-rank MPI singleton and train alone into the same run.dir."""
+    info = detect_launcher(env)
+    assert info.launcher == launcher and info.size > 1
+    with pytest.raises(LaunchError) as e:
+        check_launch(info, env)
+    assert str(e.value).startswith(f"{variable}: started by {launcher}")
+    assert str(e.value).endswith("launch with mpirun -np N, horovodrun -np N (or --gloo), or srun --mpi=pmix "
+                                 "inside Slurm")
+
+
+def test_one_process_of_a_foreign_launcher_is_a_single_process():
+    info = detect_launcher({**TORCHRUN, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"})
+    assert info.launcher == "single"
+    check_launch(info, TORCHRUN)
+    assert detect_launcher({"RANK": "3"}).launcher == "single"  # RANK alone: some other tool's variable
+
+
+def test_a_supported_launcher_wins_over_leftover_foreign_variables():
+    assert detect_launcher({**TORCHRUN, **OPENMPI}).launcher == "openmpi"
+    assert detect_launcher({**TORCHRUN, **SLURM_STEP}).launcher == "slurm"
+    assert detect_launcher({**TORCHRUN, "HPCTRAIN_LAUNCHER": "single"}).launcher == "single"
 
 
 def test_forced_launcher_wins():
