@@ -9,6 +9,7 @@ ends the process with exit code 75, a user error ends every rank with exit code 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,10 @@ from hpctrain import errors
 from hpctrain.config import Config, ConfigError
 
 _runtime: Any = None  # this process's Runtime: MPI and Horovod are initialised once, by the first run
+log = logging.getLogger(__name__)
+
+RECORD_FILE = "exit.json"  # in run.dir: how the run ended, for batch scripts (launchers' exit codes lie)
+RECORD_FILE_VAR = "HPCTRAIN_EXIT_FILE"  # a second copy where a batch script wants it (slurm/train.sbatch)
 
 
 def load_config(config: Config | str | Path | Mapping[str, Any] | None,
@@ -47,11 +52,57 @@ def train(cfg: Config, parts: Any = None, trainer_class: Any = None) -> dict[str
     if cfg.run.timeline:  # Horovod reads it at hvd.init() and writes it from rank 0
         Path(cfg.run.dir).mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("HOROVOD_TIMELINE", str(Path(cfg.run.dir).resolve() / "horovod-timeline.json"))
+    records = record_paths(cfg.run.dir)
+    if errors.env_rank() == 0:  # a previous run's record must not speak for this one, however this one ends
+        for path in records:
+            path.unlink(missing_ok=True)
     if _runtime is None:
         _runtime = runtime.init(cfg.comm, watchdog_s=cfg.fault.watchdog_s, elastic=cfg.fault.elastic,
                                 malloc_keep_mb=cfg.run.malloc_keep_mb)
     runtime.setup_logging(_runtime.rank, _runtime.size, cfg.run.log_all_ranks)
-    return train_mod.run(cfg, _runtime, parts, trainer_class or train_mod.Trainer)
+    summary = train_mod.run(cfg, _runtime, parts, trainer_class or train_mod.Trainer)
+    import horovod.torch as hvd
+
+    if hvd.rank() == 0:  # dist: rank 0 now (an elastic run may have a different one than at the start)
+        # a finished run run again writes the same bytes again (no time or pid in the record)
+        write_records(records, errors.EXIT_REQUEUE if summary.get("preempted") else errors.EXIT_OK, summary, cfg,
+                      _runtime.launch.launcher)
+    if hvd.size() > 1:
+        # dist: the first rank to exit 75 makes mpirun or srun --kill-on-bad-exit kill the others: none leaves
+        # before rank 0 has finished its files and the record
+        hvd.barrier()
+    return summary
+
+
+def record_paths(run_dir: str) -> list[Path]:
+    extra = os.environ.get(RECORD_FILE_VAR)
+    return [Path(run_dir) / RECORD_FILE, *([Path(extra)] if extra else [])]
+
+
+def write_records(paths: list[Path], code: int, summary: dict[str, Any], cfg: Config, launcher: str) -> None:
+    """exit.json: the exit code hpctrain meant, the outcome, the step and (after a stop) the checkpoint."""
+    from hpctrain.checkpoint import step_dir
+    from hpctrain.metrics import write_json_atomic
+
+    steps = int(summary.get("steps", 0))
+    record: dict[str, Any] = {
+        "exit_code": code, "outcome": "preempted" if code == errors.EXIT_REQUEUE else "completed", "step": steps,
+        "launcher": launcher,
+        **{k: os.environ[v] for k, v in (("slurm_job_id", "SLURM_JOB_ID"),
+                                          ("slurm_restart_count", "SLURM_RESTART_COUNT")) if v in os.environ}}
+    if code == errors.EXIT_REQUEUE:
+        ckpt_root = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else Path(cfg.run.dir) / "checkpoints"
+        if summary.get("signal"):
+            record["signal"] = summary["signal"]
+        if step_dir(ckpt_root, steps).is_dir():
+            record["checkpoint"] = str(step_dir(ckpt_root, steps).resolve())
+    for path in paths:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, record)
+        except OSError as e:  # the training itself is done and saved: say so, keep its exit code
+            log.error("cannot write %s (%s): the exit code is the only record of how this run ended", path,
+                      e.strerror)
 
 
 def fit(config: Config | str | Path | Mapping[str, Any] | None = None, *, model: Any = None,

@@ -287,10 +287,10 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 
 class StopFlag:
-    """Set by SIGUSR1/SIGTERM (Slurm's --signal and pre-emption); only sets a flag, the ranks act on it
-    together at a step boundary."""
+    """Set by SIGUSR1/SIGTERM (Slurm's --signal and pre-emption) and Ctrl-C (a second one stops at once); only
+    sets a flag, the ranks act on it together at a step boundary."""
 
-    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -300,9 +300,13 @@ class StopFlag:
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in self.SIGNALS:
+            if sig == signal.SIGINT and signal.getsignal(sig) is signal.SIG_IGN:
+                continue  # nohup and background jobs ignore Ctrl-C: keep it so
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without waiting for the checkpoint
         self.signum = signum
 
     def uninstall(self) -> None:

@@ -10,27 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import traceback
 from pathlib import Path
 
 from hpctrain import config as config_mod
-from hpctrain.config import UserError
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REQUEUE = 0, 1, 2, 75
+from hpctrain import errors
+from hpctrain.errors import EXIT_FAILURE, EXIT_OK, EXIT_REQUEUE, EXIT_USAGE, env_rank  # noqa: F401 - the codes, here too
 
 log = logging.getLogger("hpctrain")
-
-
-def _env_rank() -> int:
-    """This process's rank as the launcher says, before MPI is up (0 if it cannot tell)."""
-    from hpctrain.runtime import detect_launcher
-
-    try:
-        return detect_launcher(os.environ).rank
-    except UserError:
-        return 0
 
 
 DESCRIPTION = """\
@@ -49,7 +36,7 @@ exit codes:
   0   done
   1   unexpected failure: a traceback is printed and every rank of the job is ended
   2   bad input, config or launch: one line "hpctrain: error: ..." says what to change
-  75  stopped by SIGUSR1/SIGTERM after writing a checkpoint: requeue or rerun to resume
+  75  stopped by SIGUSR1/SIGTERM/Ctrl-C after writing a checkpoint: requeue or rerun to resume
   130 interrupted by Ctrl-C (143: SIGTERM) outside training; data commands remove partial output
 
 A launcher may report other codes (mpirun returns 1 after Ctrl-C); <run.dir>/exit.json records
@@ -204,61 +191,13 @@ def _parser() -> argparse.ArgumentParser:
 # "preempted", ...}. The exit code hpctrain returns does not always reach the shell: mpirun returns 1 after
 # Ctrl-C or SIGTERM to it although every rank checkpointed and exited 75, horovodrun --gloo returns 1 for any
 # non-zero exit (docs/fault-tolerance.md has the measured table). Absent: the run failed, or is still going.
-RECORD_FILE = "exit.json"
-RECORD_FILE_VAR = "HPCTRAIN_EXIT_FILE"  # a second copy where a batch script wants it (slurm/train.sbatch)
-
-
-def exit_files(run_dir: str) -> list[Path]:
-    extra = os.environ.get(RECORD_FILE_VAR)
-    return [Path(run_dir) / RECORD_FILE, *([Path(extra)] if extra else [])]
-
-
-def write_exit_files(paths: list[Path], code: int, summary: dict, cfg: config_mod.Config, launcher: str) -> None:
-    from hpctrain.checkpoint import step_dir
-    from hpctrain.metrics import write_json_atomic
-
-    steps = int(summary.get("steps", 0))
-    record = {"exit_code": code, "outcome": "preempted" if code == EXIT_REQUEUE else "completed", "step": steps,
-              "launcher": launcher,
-              **{k: os.environ[v] for k, v in (("slurm_job_id", "SLURM_JOB_ID"),
-                                                ("slurm_restart_count", "SLURM_RESTART_COUNT")) if v in os.environ}}
-    if code == EXIT_REQUEUE:
-        ckpt_root = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else Path(cfg.run.dir) / "checkpoints"
-        if summary.get("signal"):
-            record["signal"] = summary["signal"]
-        if step_dir(ckpt_root, steps).is_dir():
-            record["checkpoint"] = str(step_dir(ckpt_root, steps).resolve())
-    for path in paths:
-        try:
-            write_json_atomic(path, record)
-        except OSError as e:  # the training itself is done and saved: say so, keep its exit code
-            log.error("cannot write %s (%s): the exit code is the only record of how this run ended", path,
-                      e.strerror)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     overrides = [*args.overrides, *([f"checkpoint.resume={json.dumps(args.resume)}"] if args.resume else [])]
     cfg = config_mod.load(args.config, overrides)  # all validation before any rank communicates
     from hpctrain import api
 
-    outcome = exit_files(cfg.run.dir)
-    if _env_rank() == 0:  # a previous run's record must not speak for this one, however this one ends
-        for path in outcome:
-            path.unlink(missing_ok=True)
     summary = api.train(cfg)  # the same path as hpctrain.fit in a user's script
-    code = EXIT_REQUEUE if summary.get("preempted") else EXIT_OK
-    import horovod.torch as hvd
-
-    from hpctrain.runtime import detect_launcher
-
-    if hvd.rank() == 0:  # dist: rank 0 now (an elastic run may have a different one than at the start)
-        # a finished run run again writes the same bytes again (no time or pid in the record)
-        write_exit_files(outcome, code, summary, cfg, detect_launcher(os.environ).launcher)
-    if hvd.size() > 1:
-        # dist: the first rank to exit 75 makes mpirun or srun --kill-on-bad-exit kill the others: none leaves
-        # before rank 0 has finished its files and the record
-        hvd.barrier()
-    return code
+    return EXIT_REQUEUE if summary.get("preempted") else EXIT_OK
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -404,24 +343,6 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     from hpctrain import runtime
 
-    runtime.setup_logging(_env_rank(), 1)
-    try:
-        code = COMMANDS[args.command](args)
-    except UserError as e:
-        if e.agreed:  # dist: every rank raised it together: one line, and a clean exit everywhere
-            if runtime.world_rank() == 0:
-                print(f"hpctrain: error: {e}", file=sys.stderr, flush=True)
-        elif runtime.world_size() > 1:
-            # dist: raised after MPI came up, maybe on one rank alone: name it and end every rank
-            print(f"hpctrain: error (rank {runtime.world_rank()}): {e}", file=sys.stderr, flush=True)
-            runtime.abort_world(EXIT_USAGE)
-        elif _env_rank() == 0:  # before MPI: every rank fails the same way, one line is enough
-            print(f"hpctrain: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_USAGE)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception:
-        traceback.print_exc()
-        runtime.abort_world(EXIT_FAILURE)  # dist: one rank's crash must not leave the others hanging
-        sys.exit(EXIT_FAILURE)
-    sys.exit(code)
+    runtime.setup_logging(env_rank(), 1)
+    code, result = errors.run_guarded(lambda: COMMANDS[args.command](args))
+    sys.exit(result if code == EXIT_OK else code)

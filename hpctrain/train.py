@@ -444,10 +444,12 @@ class Trainer:
             if stop or timed or self.checkpointer.due(self.step):
                 self.save_checkpoint(sync=stop)
             if stop:
+                name = signal.Signals(stop_signal).name
                 if self.rt.is_root:
-                    log.warning("stopping on request (%s on at least one rank) after step %d: checkpoint written, "
-                                "exit code 75 asks for a requeue", signal.Signals(stop_signal).name, self.step)
-                return {"preempted": True, "steps": self.step}
+                    log.warning("stopping on request (%s on at least one rank) after step %d: checkpoint written; "
+                                "hpctrain exits 75 (requeue me), recorded in %s/exit.json (mpirun reports 1 after "
+                                "Ctrl-C: see docs/fault-tolerance.md)", name, self.step, self.run_dir)
+                return {"preempted": True, "steps": self.step, "signal": name}
             if commit is not None and self.step % cfg.fault.commit_every == 0:
                 commit()
         self.stop_vote.drain()  # dist: no collective left in flight; a signal this late changes nothing

@@ -50,13 +50,14 @@ def test_signal_checkpoints_exits_75_and_resumes_bit_identical(tmp_path, referen
     assert s["params_sha256"] == reference
 
 
-def test_signal_on_a_single_process_checkpoints_exits_75_and_resumes(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGINT])
+def test_signal_on_a_single_process_checkpoints_exits_75_and_resumes(tmp_path, sig):
     """One process, no launcher: there is no all-reduce to agree through (world size 1 skips it), so this
-    checks that the rank still stops on its own signal."""
+    checks that the rank still stops on its own signal; Ctrl-C (SIGINT) too checkpoints first."""
     proc = subprocess.Popen([HPCTRAIN, "train", *RUN, f"run.dir={tmp_path}"], cwd=REPO, env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: logged_step(tmp_path) >= 100, what="step 100")
-    proc.send_signal(signal.SIGUSR1)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 75, err[-3000:]
     saved = checkpoint.candidates(tmp_path / "checkpoints")
