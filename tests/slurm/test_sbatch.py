@@ -162,3 +162,38 @@ def test_a_75_that_hpctrain_did_not_record_is_a_failure_not_a_requeue(job_env, t
     out = (tmp_path / f"{job_id}.out").read_text()
     assert (info["JobState"], info["Restarts"], info["ExitCode"]) == ("FAILED", "0", "1:0"), out
     assert "srun returned 75 but hpctrain recorded no end" in out and "requeueing" not in out
+
+
+def test_resubmitting_a_finished_job_leaves_its_results_alone(job_env, reference):
+    """A Slurm job resubmitted after it completed (issue: it used to overwrite summary.json with empty figures
+    and fail): it says the run is complete and every file of the run and its checkpoints stays byte for byte;
+    only this job's exit record (exit.json, which names the job) is new."""
+    d, _, _ = reference
+    files = lambda: {p: p.read_bytes() for p in sorted([*(d / "run").rglob("*"), *(d / "ckpt").rglob("*")])  # noqa: E731
+                     if p.is_file() and p.name != "exit.json"}
+    before = files()
+    job_id = sh(["sbatch", "--parsable", "--ntasks=2", f"--output={d}/%x-%j.out", "slurm/train.sbatch", *RUN,
+                 f"run.dir={d}/run", f"checkpoint.dir={d}/ckpt"], {**job_env, "HPCTRAIN_LOG_DIR": str(d / "logs")}
+                ).stdout.strip()
+    info = wait_job(job_env, job_id, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"))
+    log = (d / "logs" / job_id / "restart-0.log").read_text()
+    assert info["JobState"] == "COMPLETED", log[-3000:]
+    assert f"already complete at step {STEPS}" in log
+    assert files() == before
+    record = json.loads((d / "run" / "exit.json").read_text())
+    assert record["exit_code"] == 0 and record["slurm_job_id"] == job_id
+
+
+def test_own_script_through_train_sbatch(job_env, tmp_path):
+    """HPCTRAIN_SCRIPT: a user's script calling hpctrain.fit under srun --mpi=pmix, with the same cycle."""
+    env = {**job_env, "HPCTRAIN_LOG_DIR": str(tmp_path / "logs"), "HPCTRAIN_SCRIPT": "docs/examples/train_mine.py",
+           "PYTHONPATH": str(REPO / "docs" / "examples")}
+    job_id = sh(["sbatch", "--parsable", "--ntasks=2", f"--output={tmp_path}/%x-%j.out", "slurm/train.sbatch",
+                 "train.steps=20", "run.log_every=10", f"run.dir={tmp_path}/run"], env).stdout.strip()
+    info = wait_job(job_env, job_id, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"))
+    log = (tmp_path / "logs" / job_id / "restart-0.log").read_text()
+    assert info["JobState"] == "COMPLETED", log[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 20 and summary["world_size"] == 2 and summary["launcher"] == "slurm"
+    assert summary["model"] == "mymodels:ConvNet"
+    assert json.loads((tmp_path / "run" / "exit.json").read_text())["exit_code"] == 0
