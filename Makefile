@@ -7,7 +7,7 @@ NP ?= 2
 export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 
-.PHONY: setup demo test test-unit test-mpi test-slurm lint docs clean
+.PHONY: setup demo test test-unit test-mpi test-slurm lint typecheck docs clean
 
 setup: $(VENV)/.setup-done
 
@@ -18,12 +18,12 @@ $(VENV)/.setup-done: scripts/setup.sh pyproject.toml
 demo: setup
 	bash scripts/demo.sh $(NP)
 
-# The tests also need Slurm and munge (tests/slurm start a real single-node cluster).
+# The tests also need Slurm and munge (tests/slurm start a real single-node cluster); ruff and mypy run first.
 $(VENV)/.slurm-done: $(VENV)/.setup-done
 	HPCTRAIN_WITH_SLURM=1 bash scripts/setup.sh
 	touch $@
 
-test: setup $(VENV)/.slurm-done
+test: setup $(VENV)/.slurm-done lint typecheck
 	$(BIN)/python -m pytest -ra tests
 
 test-unit: setup
@@ -36,8 +36,10 @@ test-slurm: setup $(VENV)/.slurm-done
 	$(BIN)/python -m pytest -ra tests/slurm
 
 lint: setup
-	$(BIN)/python -m pip install -q ruff==0.17.5
-	$(BIN)/ruff check hpctrain tests data scripts
+	$(BIN)/ruff check hpctrain tests data scripts docs/examples
+
+typecheck: setup
+	$(BIN)/mypy
 
 docs: setup
 	$(BIN)/python scripts/gen_docs.py

@@ -150,13 +150,12 @@ class Metrics:
         table = self._gather_ranks(row, "hpctrain.metrics")
         mean_loss = float(table[:, 0].mean())
         # dist: every interval ends on all ranks together (the step's all-reduce), and after the first log step
-        # also starts together (this allgather). The first one starts wherever each rank finished setting up:
-        # measured at step 1 on 2 ranks, 3.9 and 68.7 ms, the early rank waiting for the late one; the late
-        # rank's 3.9 ms gave "4133/rank" beside a global 466 samples/s. No rank of a synchronous job runs
-        # faster than the job: until the intervals are aligned, each rank's rate is over the job's interval.
+        # also starts together (this allgather). The first one starts wherever each rank finished setting up,
+        # so a late rank's short first interval would claim a rate above the job's. No rank of a synchronous
+        # job runs faster than the job: until the intervals are aligned, each rank's rate is over the job's.
         seconds = table[:, 1] if self._interval_aligned else table[:, 1].max().expand(len(table))
         per_rank_rate = self._interval_steps * self.batch_size / seconds
-        record = {
+        record: dict[str, Any] = {
             "step": step,
             "loss": mean_loss,
             "lr": lr,

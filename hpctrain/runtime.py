@@ -12,7 +12,7 @@ import logging
 import os
 import random
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -203,7 +203,7 @@ class Runtime:
 SINGLE_RANK_CYCLE_MS = 20.0
 
 
-def _horovod_env(comm: CommConfig, env: dict[str, str], watchdog_s: float, elastic: bool, size: int) -> None:
+def _horovod_env(comm: CommConfig, env: MutableMapping[str, str], watchdog_s: float, elastic: bool, size: int) -> None:
     """Horovod reads its tuning knobs from the environment once, at hvd.init()."""
     env["HOROVOD_FUSION_THRESHOLD"] = str(int(comm.fusion_threshold_mb * 1024 * 1024))
     if elastic:
@@ -244,10 +244,10 @@ def malloc_thresholds(mb: int) -> tuple[int, int]:
     return mb << 20, 4 * mb << 20
 
 
-def init(comm: CommConfig, env: dict[str, str] | None = None, watchdog_s: float = 0.0,
+def init(comm: CommConfig, env: MutableMapping[str, str] | None = None, watchdog_s: float = 0.0,
          elastic: bool = False, malloc_keep_mb: int = 0) -> Runtime:
     """Initialise MPI/Horovod once, pin the device and CPU threads; call before building anything."""
-    env = os.environ if env is None else env  # type: ignore[assignment]
+    env = os.environ if env is None else env
     info = detect_launcher(env)
     check_launch(info, env, elastic)
     import torch
