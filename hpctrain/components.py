@@ -57,7 +57,7 @@ def resolve(path: str, key: str) -> Callable[..., Any]:
                                 f"{', '.join(names[:12])}{', ...' if len(names) > 12 else ''})") from None
     if not callable(obj):
         raise UserCodeError(f"{key}: {path} is a {type(obj).__name__}, not a callable")
-    return obj  # type: ignore[no-any-return]
+    return obj
 
 
 def call(fn: Callable[..., Any], key: str, what: str, *args: Any, **kwargs: Any) -> Any:

@@ -158,7 +158,7 @@ def logits_of(outputs: Any, key: str = "model.name") -> torch.Tensor:
     if isinstance(outputs, Mapping) and isinstance(outputs.get("logits"), torch.Tensor):
         return outputs["logits"]
     if isinstance(getattr(outputs, "logits", None), torch.Tensor):
-        return outputs.logits  # type: ignore[no-any-return]
+        return outputs.logits
     if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], torch.Tensor):
         return outputs[0]
     raise ConfigError(f"{key}: the model returned {type(outputs).__name__}, where the built-in losses need a "

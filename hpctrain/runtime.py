@@ -326,7 +326,7 @@ def refresh(rt: Runtime) -> Runtime:
                                local_size=hvd.local_size())
 
 
-def _mpi_world():  # type: ignore[no-untyped-def]
+def _mpi_world() -> Any:
     """MPI.COMM_WORLD if this process initialised MPI and has not finalised it, else None."""
     if "mpi4py.MPI" not in sys.modules:
         return None

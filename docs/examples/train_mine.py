@@ -12,10 +12,10 @@ import sys
 
 import numpy as np
 import torch
+from mymodels import ConvNet, flip_and_jitter
 from torch.utils.data import Dataset
 
 import hpctrain
-from mymodels import ConvNet, flip_and_jitter
 
 
 class Stripes(Dataset):
