@@ -74,7 +74,22 @@ def _sampler(n: int, opts: BatchOptions, rt: World, remainder: str, key: str) ->
         raise ConfigError(f"{key}: {e}") from None
 
 
-class ArraySource:
+class SampledSource:
+    """A source whose position is a GlobalBatchSampler's (arrays in memory, a user's Dataset)."""
+
+    sampler: GlobalBatchSampler
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
+
+    def close(self) -> None:
+        pass
+
+
+class ArraySource(SampledSource):
     """Arrays held in memory by every rank (synthetic data, a user's arrays), batched by a GlobalBatchSampler.
 
     Random access is free here, so the sampler interleaves ranks within each global batch: W ranks with
@@ -91,15 +106,6 @@ class ArraySource:
     def first(self, n: int) -> Batch:
         return tuple(a[:n] for a in self.inputs), self.targets[:n]
 
-    def state_dict(self) -> dict[str, Any]:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sampler.load_state_dict(state)
-
-    def close(self) -> None:
-        pass
-
 
 def collate(items: list[Any], key: str) -> Batch:
     """Stack a Dataset's items (``(input, ..., target)`` tuples) into one batch, as DataLoader would."""
@@ -112,7 +118,7 @@ def collate(items: list[Any], key: str) -> Batch:
     return tuple(batch[:-1]), batch[-1]
 
 
-class DatasetSource:
+class DatasetSource(SampledSource):
     """A user's map-style ``torch.utils.data.Dataset`` (``len`` and ``[i]``), partitioned by the same global
     sampler as in-memory arrays, so every rank takes its share and a resume continues mid-epoch exactly."""
 
@@ -130,15 +136,6 @@ class DatasetSource:
 
     def first(self, n: int) -> Batch:
         return self._items(range(min(n, len(self.dataset))))
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sampler.load_state_dict(state)
-
-    def close(self) -> None:
-        pass
 
 
 class FileSource:
@@ -334,12 +331,19 @@ def _synthetic_shape(cfg: DataConfig, spec: SampleShape | None) -> SampleShape:
     return spec
 
 
-def _file_source(cfg: DataConfig, opts: BatchOptions, rt: World, spec: SampleShape | None, model: str,
-                 path: str) -> tuple[FileSource, dict[str, Any]]:
+def _open_fields(cfg: DataConfig, rt: World, spec: SampleShape | None, model: str,
+                 path: str) -> tuple[Manifest, list[str], str]:
+    """A dataset's manifest and the fields the run reads from it, checked against a built-in model (agreed)."""
     manifest = rt.agree(lambda: open_dataset(path, cfg.verify))
     inputs, target = rt.agree(lambda: field_names(cfg, manifest, path))
     if spec is not None:
         rt.agree(lambda: check_shapes(model, spec, manifest, inputs, target, path))
+    return manifest, inputs, target
+
+
+def _file_source(cfg: DataConfig, opts: BatchOptions, rt: World, spec: SampleShape | None, model: str,
+                 path: str) -> tuple[FileSource, dict[str, Any]]:
+    manifest, inputs, target = _open_fields(cfg, rt, spec, model, path)
     reader = rt.agree(lambda: ShardedReader(path, manifest, ReaderOptions(
         rt.rank, rt.size, opts.batch_size, opts.seed, cfg.remainder, cfg.shuffle_window, cfg.block_samples,
         cfg.prefetch, cfg.read_threads)))
@@ -358,10 +362,7 @@ def _read_labels(files: ShardFiles, target: str, path: str) -> tuple[int, int] |
 
 def _file_validation(cfg: DataConfig, opts: BatchOptions, rt: World, spec: SampleShape | None, model: str,
                      path: str) -> tuple[ValidationSet, dict[str, Any]]:
-    manifest = rt.agree(lambda: open_dataset(path, cfg.verify))
-    inputs, target = rt.agree(lambda: field_names(cfg, manifest, path))
-    if spec is not None:
-        rt.agree(lambda: check_shapes(model, spec, manifest, inputs, target, path))
+    manifest, inputs, target = _open_fields(cfg, rt, spec, model, path)
     files = ShardFiles(Path(path), manifest, [*inputs, target])
     rng = rt.agree(lambda: _read_labels(files, target, path))
 

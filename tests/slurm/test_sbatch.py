@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.launch import HPCTRAIN, REPO
+from tests.launch import HPCTRAIN, REPO, logged_step
 from tests.launch import env as clean_env
 from tests.slurm.conftest import job_info, wait_job
 
@@ -25,14 +25,6 @@ def sh(cmd: list[str], env: dict, check: bool = True) -> subprocess.CompletedPro
 def submit(env: dict, run_dir, *extra: str) -> str:
     return sh([HPCTRAIN, "slurm", "submit", "--ntasks", "2", "--time", "10", *RUN, f"run.dir={run_dir}", *extra],
               env).stdout.strip()
-
-
-def logged_step(run_dir) -> int:
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    except FileNotFoundError:
-        return 0
-    return max((json.loads(ln).get("step", 0) for ln in lines if ln.endswith("}")), default=0)
 
 
 def wait_step(run_dir, step: int, job_env: dict, job_id: str, timeout: float = 120) -> None:
