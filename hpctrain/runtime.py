@@ -148,6 +148,13 @@ def check_launch(info: LaunchInfo, env: Mapping[str, str], elastic: bool | None 
                           "launch with horovodrun, or unset the HOROVOD_* variables")
 
 
+def mpirun_command(ranks: int, *options: str) -> list[str]:
+    """``mpirun -np N`` for ranks on this machine (the studies, benchmarks and tests start theirs so), with
+    ``--oversubscribe`` beyond its cores, where Open MPI would refuse to start them otherwise."""
+    over = ["--oversubscribe"] if ranks > (os.cpu_count() or 1) else []
+    return ["mpirun", "-np", str(ranks), *over, *options]
+
+
 def cpu_threads(local_size: int) -> int:
     """Intra-op threads for a CPU rank: its share of the node's cores, or its binding if it is bound."""
     cores = os.cpu_count() or 1

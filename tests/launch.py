@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from hpctrain.runtime import mpirun_command
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the virtualenv running pytest has hpctrain, horovodrun, torchrun
 HPCTRAIN = str(BIN / "hpctrain")
@@ -23,8 +25,7 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def mpirun(np: int, *args: str) -> list[str]:
-    over = ["--oversubscribe"] if np > (os.cpu_count() or 1) else []
-    return ["mpirun", "-np", str(np), *over, *args]
+    return mpirun_command(np, *args)
 
 
 def horovodrun(np: int, *args: str, gloo: bool = False) -> list[str]:

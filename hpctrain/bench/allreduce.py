@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from hpctrain.config import UserError
+from hpctrain.files import write_atomic
 
 IMPLS = ("horovod", "horovod-fp16", "mpi")
 UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}
@@ -325,5 +326,5 @@ def main(args: argparse.Namespace) -> int:
     if rt.is_root:
         print(report(results), flush=True)
         if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+            write_atomic(Path(args.json), (json.dumps(results, indent=2) + "\n").encode())
     return 0

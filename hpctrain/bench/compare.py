@@ -29,7 +29,8 @@ from typing import Any
 
 from hpctrain import config as config_mod
 from hpctrain.config import RunConfig, UserError, load
-from hpctrain.runtime import malloc_thresholds
+from hpctrain.files import write_atomic
+from hpctrain.runtime import malloc_thresholds, mpirun_command
 
 MODELS = {  # name: the `hpctrain train` overrides that define it (model and per-rank batch)
     "mlp-21m": ("model.name=mlp", "model.width=2048", "model.depth=6", "train.batch_size=64"),
@@ -58,11 +59,10 @@ def _bin(name: str) -> str:
 def mpirun(ranks: int) -> list[str]:
     # dist: the same launch for hpctrain and raw Horovod. yield_when_idle: hpctrain's own default on CPU
     # (comm.yield_when_idle), given to the raw loop too so the comparison measures the framework, not MPI.
-    over = ["--oversubscribe"] if ranks > (os.cpu_count() or 1) else []
     # dist: a user's model module must import on every rank; local ranks inherit the variable anyway, -x
     # carries it to ranks on other nodes too
     path = ["-x", "PYTHONPATH"] if os.environ.get("PYTHONPATH") else []
-    return ["mpirun", "-np", str(ranks), *over, *path, "--bind-to", "none", "--mca", "mpi_yield_when_idle", "1"]
+    return mpirun_command(ranks, *path, "--bind-to", "none", "--mca", "mpi_yield_when_idle", "1")
 
 
 def user_model(path: str, model_args: str | None = None, sets: list[str] | None = None) -> tuple[str, ...]:
@@ -285,5 +285,5 @@ def main(args: Any) -> int:
     result = compare(models, ranks, args.rounds, steps, impls, args.launcher)
     print(format_table(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        write_atomic(Path(args.json), (json.dumps(result, indent=1) + "\n").encode())
     return 0

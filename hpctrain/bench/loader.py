@@ -25,6 +25,7 @@ import numpy as np
 from hpctrain.data import format as fmt
 from hpctrain.data import sources, writer
 from hpctrain.data.reader import ReaderOptions, ShardedReader
+from hpctrain.files import write_atomic
 
 
 def drop_cache(root: Path, manifest: fmt.Manifest) -> None:
@@ -182,4 +183,4 @@ def main(args: Any) -> None:
                   args.naive_samples, not args.no_cold, args.epochs)
     print(report(results))
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        write_atomic(Path(args.json), (json.dumps(results, indent=2) + "\n").encode())

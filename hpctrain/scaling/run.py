@@ -20,6 +20,7 @@ from typing import Any
 
 from hpctrain import config as config_mod
 from hpctrain.config import UserError
+from hpctrain.runtime import mpirun_command
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,8 +46,7 @@ def launch(ranks: int, train_args: list[str], slurm: bool, log_dir: Path) -> lis
         return ["sbatch", "--wait", "--parsable", "--nodes=1", f"--ntasks-per-node={ranks}", "--overcommit",
                 "--job-name=hpctrain-scaling",
                 f"--output={log_dir}/slurm-%j.out", str(REPO / "slurm" / "train.sbatch"), *train_args]
-    over = ["--oversubscribe"] if ranks > (os.cpu_count() or 1) else []
-    return ["mpirun", "-np", str(ranks), *over, hpctrain, "train", *train_args]
+    return mpirun_command(ranks, hpctrain, "train", *train_args)
 
 
 def record(mode: str, summary: dict[str, Any], command: list[str]) -> dict[str, Any]:
