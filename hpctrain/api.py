@@ -55,7 +55,10 @@ def train(cfg: Config, parts: Any = None, trainer_class: Any = None) -> dict[str
     records = record_paths(cfg.run.dir)
     if errors.env_rank() == 0:  # a previous run's record must not speak for this one, however this one ends
         for path in records:
-            path.unlink(missing_ok=True)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:  # an unwritable run.dir: the directory check before the first step names it
+                pass
     if _runtime is None:
         _runtime = runtime.init(cfg.comm, watchdog_s=cfg.fault.watchdog_s, elastic=cfg.fault.elastic,
                                 malloc_keep_mb=cfg.run.malloc_keep_mb)
