@@ -22,7 +22,11 @@ from hpctrain.config import Config, ConfigError
 _runtime: Any = None  # this process's Runtime: MPI and Horovod are initialised once, by the first run
 log = logging.getLogger(__name__)
 
-RECORD_FILE = "exit.json"  # in run.dir: how the run ended, for batch scripts (launchers' exit codes lie)
+# How a training ended, written by rank 0 as its last act: {"exit_code": 0 or 75, "outcome": "completed" or
+# "preempted", ...}. The exit code hpctrain returns does not always reach the shell: mpirun returns 1 after
+# Ctrl-C or SIGTERM to it although every rank checkpointed and exited 75, horovodrun --gloo returns 1 for any
+# non-zero exit (docs/fault-tolerance.md has the measured table). Absent: the run failed, or is still going.
+RECORD_FILE = "exit.json"  # in run.dir
 RECORD_FILE_VAR = "HPCTRAIN_EXIT_FILE"  # a second copy where a batch script wants it (slurm/train.sbatch)
 
 

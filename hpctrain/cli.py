@@ -187,10 +187,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-# How a training ended, written by rank 0 as its last act: {"exit_code": 0 or 75, "outcome": "completed" or
-# "preempted", ...}. The exit code hpctrain returns does not always reach the shell: mpirun returns 1 after
-# Ctrl-C or SIGTERM to it although every rank checkpointed and exited 75, horovodrun --gloo returns 1 for any
-# non-zero exit (docs/fault-tolerance.md has the measured table). Absent: the run failed, or is still going.
 def cmd_train(args: argparse.Namespace) -> int:
     overrides = [*args.overrides, *([f"checkpoint.resume={json.dumps(args.resume)}"] if args.resume else [])]
     cfg = config_mod.load(args.config, overrides)  # all validation before any rank communicates

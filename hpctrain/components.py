@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hpctrain.config import ConfigError
+from hpctrain.config import ConfigError, UserError
 
 _OWN_DIR = str(Path(__file__).resolve().parent)
 # frames that are only plumbing between hpctrain and the user's code: torch's module call wrappers
@@ -64,7 +64,7 @@ def call(fn: Callable[..., Any], key: str, what: str, *args: Any, **kwargs: Any)
     """``fn(*args, **kwargs)``; an exception becomes a UserCodeError: ``key: what raised ...`` + their frames."""
     try:
         return fn(*args, **kwargs)
-    except UserCodeError:
+    except UserError:  # already one line of hpctrain's (e.g. a check of what the user's code returned)
         raise
     except Exception as e:  # noqa: BLE001 - the user's code may raise anything; it is reported, not hidden
         raise UserCodeError(f"{key}: {what} raised {type(e).__name__}: {_one_line(e)}{user_traceback(e)}") \

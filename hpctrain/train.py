@@ -136,10 +136,7 @@ class Trainer:
         self.grad_norm: float | None = None  # train.clip_norm: the last step's norm before clipping
         seed_everything(rank_seed(cfg.train.seed, rt.rank))  # dist: per-rank randomness from here on
         self.step = 0
-        # the schedule follows samples: (step, samples trained on before it) where this world took over, and
-        # the global batch that converts the schedule's step counts into samples (the run's first)
-        self.samples_at = (0, 0)
-        self.schedule_batch = cfg.train.batch_size * rt.size
+        self.set_schedule_position(0, 0, cfg.train.batch_size * rt.size)
         self.phase_s = np.zeros(len(PHASES))  # this step's seconds in each phase (see train_step)
         self.first_loss: float | None = None
         ckpt_root = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else self.run_dir / "checkpoints"
@@ -200,12 +197,12 @@ class Trainer:
         dev = self.rt.device
         return tuple(torch.as_tensor(x).to(dev) for x in inputs), torch.as_tensor(target).to(dev)
 
-    def apply_transform(self, inputs: tuple[torch.Tensor, ...], target: torch.Tensor, step: int,
-                        rank: int | None = None) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    def apply_transform(self, inputs: tuple[torch.Tensor, ...], target: torch.Tensor,
+                        step: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """data.transform on this rank's batch of ``step``: one input goes in as a tensor, several as a tuple."""
         if self.transform is None:
             return inputs, target
-        gen = transform_generator(self.cfg.train.seed, self.rt.rank if rank is None else rank, step)
+        gen = transform_generator(self.cfg.train.seed, self.rt.rank, step)
         out = self.transform(inputs[0] if len(inputs) == 1 else inputs, target, gen)
         if not (isinstance(out, (tuple, list)) and len(out) == 2):
             raise ConfigError(f"data.transform: must return (inputs, targets), returned {type(out).__name__}")
@@ -221,9 +218,8 @@ class Trainer:
         sources: list[tuple[str, str, Callable[[int], pipeline.Batch | None]]] = [
             ("train", train_key, self.data.train.first)]
         if self.data.val is not None:
-            val = self.data.val
             val_key = "val_data" if given[1] else "data.val_path" if self.cfg.data.val_path else "data.val_samples"
-            sources.append(("val", val_key, lambda n: val._read(val.ids[:n]) if len(val.ids) else None))
+            sources.append(("val", val_key, self.data.val.first))
         was_training = self.model.training
         self.model.eval()
         try:
@@ -318,8 +314,7 @@ class Trainer:
         else:  # a new rank layout: fresh per-rank streams, still a function of (seed, rank, step)
             seed_everything(rank_seed(self.cfg.train.seed + state["step"], self.rt.rank))
         self.step = int(state["step"])
-        seen, self.schedule_batch = schedule.position_from_state(state)
-        self.samples_at = (self.step, seen)
+        self.set_schedule_position(self.step, *schedule.position_from_state(state))
         self.first_loss = state.get("first_loss")
         if self.rt.is_root:
             log.info("resumed from %s (step %d, written by %d rank(s))", path, self.step, state["world_size"])
@@ -399,6 +394,15 @@ class Trainer:
         return distill.distillation_loss(models.logits_of(self.forward(inputs)), soft, target, d.temperature,
                                          d.alpha)
 
+    def set_schedule_position(self, step: int, seen: int, schedule_batch: int) -> None:
+        """Where the schedule stands when this world takes over: ``seen`` samples trained on before ``step``,
+        and the global batch that converts the schedule's step counts into samples (the run's first). The
+        schedule is built here, once per world, not at every step."""
+        self.samples_at = (step, seen)
+        self.schedule_batch = schedule_batch
+        self.schedule = schedule.Schedule.from_config(self.cfg.optim, self.cfg.train.steps, self.rt.size,
+                                                      schedule_batch)
+
     def samples_before(self, step: int) -> int:
         """Samples trained on before update ``step`` (0-based), counting one global batch per step since this
         world took over."""
@@ -407,9 +411,8 @@ class Trainer:
 
     def lr_at(self, step: int) -> float:
         """The rate of update ``step``: a function of the samples before it (the rule: docs/training.md)."""
-        batch = self.cfg.train.batch_size * self.rt.size
-        s = schedule.Schedule.from_config(self.cfg.optim, self.cfg.train.steps, self.rt.size, self.schedule_batch)
-        return schedule.lr_at_samples(self.samples_before(step), batch, s)
+        return schedule.lr_at_samples(self.samples_before(step), self.cfg.train.batch_size * self.rt.size,
+                                      self.schedule)
 
     def train(self) -> dict[str, Any]:
         self.open_outputs()
@@ -489,7 +492,7 @@ class Trainer:
         self.stop_vote.join(self.rt.size)
         runtime.setup_logging(self.rt.rank, self.rt.size, cfg.run.log_all_ranks)
         self.step = state.step
-        self.samples_at, self.schedule_batch = (state.step, state.samples_seen), state.schedule_batch
+        self.set_schedule_position(state.step, state.samples_seen, state.schedule_batch)
         assert self.metrics is not None
         self.metrics.set_runtime(self.rt, self.step)
         self.checkpointer.is_root = self.rt.is_root
@@ -575,7 +578,6 @@ class Trainer:
                                 "stall_s": self.checkpointer.stats.stall_s,
                                 "write_s": self.checkpointer.stats.write_s,
                                 "async": self.cfg.checkpoint.async_write}
-        assert self.metrics is not None
         summary = self.metrics.summary(extra)
         if self.rt.is_root:
             tmp = self.run_dir / ".model.pt.tmp"

@@ -118,6 +118,14 @@ def collate(items: list[Any], key: str) -> Batch:
     return tuple(batch[:-1]), batch[-1]
 
 
+def read_items(dataset: Any, ids: Sequence[int] | np.ndarray, key: str) -> Batch:
+    """Items ``ids`` of a user's Dataset as one batch; what its ``__getitem__`` raises names ``key``."""
+    from hpctrain import components
+
+    items = components.call(lambda: [dataset[int(i)] for i in ids], key, "Dataset.__getitem__")
+    return collate(items, key)
+
+
 class DatasetSource(SampledSource):
     """A user's map-style ``torch.utils.data.Dataset`` (``len`` and ``[i]``), partitioned by the same global
     sampler as in-memory arrays, so every rank takes its share and a resume continues mid-epoch exactly."""
@@ -125,17 +133,11 @@ class DatasetSource(SampledSource):
     def __init__(self, dataset: Any, sampler: GlobalBatchSampler, key: str = "train_data") -> None:
         self.dataset, self.sampler, self.key = dataset, sampler, key
 
-    def _items(self, ids: Sequence[int] | np.ndarray) -> Batch:
-        from hpctrain import components
-
-        items = components.call(lambda: [self.dataset[int(i)] for i in ids], self.key, "Dataset.__getitem__")
-        return collate(items, self.key)
-
     def next_batch(self) -> Batch:
-        return self._items(self.sampler.next_indices())
+        return read_items(self.dataset, self.sampler.next_indices(), self.key)
 
     def first(self, n: int) -> Batch:
-        return self._items(range(min(n, len(self.dataset))))
+        return read_items(self.dataset, range(min(n, len(self.dataset))), self.key)
 
 
 class FileSource:
@@ -168,6 +170,10 @@ class ValidationSet:
     def __init__(self, batch_size: int, ids: np.ndarray, read: Callable[[np.ndarray], Batch],
                  close: Callable[[], None] = lambda: None) -> None:
         self.batch_size, self.ids, self._read, self._close = batch_size, ids, read, close
+
+    def first(self, n: int) -> Batch | None:
+        """This rank's first ``n`` validation samples (None when it has none)."""
+        return self._read(self.ids[:n]) if len(self.ids) else None
 
     def batches(self) -> Iterator[Batch]:
         for a in range(0, len(self.ids), self.batch_size):
@@ -270,13 +276,21 @@ class Given:
         return arrays[:-1], arrays[-1]
 
 
-def _validate_labels(path: str, rng: tuple[int, int] | None, manifest: Manifest) -> dict[str, Any]:
+def _label_facts(rng: tuple[int, int] | None, manifest: Manifest) -> dict[str, Any]:
+    """A dataset's label range (when scanned) and declared class count, for the description."""
     out: dict[str, Any] = {}
     if rng is not None:
         out["label_range"] = list(rng)
     if isinstance(manifest.metadata.get("num_classes"), int):
         out["num_classes"] = manifest.metadata["num_classes"]
     return out
+
+
+def _array_labels(targets: np.ndarray) -> dict[str, Any]:
+    """The label range of targets held in memory, when they are class labels."""
+    if targets.dtype.kind in "iu" and len(targets):
+        return {"label_range": [int(targets.min()), int(targets.max())]}
+    return {}
 
 
 def build(cfg: DataConfig, opts: BatchOptions, rt: World, spec: SampleShape | None, model: str,
@@ -301,7 +315,7 @@ def build(cfg: DataConfig, opts: BatchOptions, rt: World, spec: SampleShape | No
         source = ArraySource([x], y, rt.agree(lambda: _sampler(len(x), opts, rt, cfg.remainder, "data.samples")))
         desc["train"] = {"source": "synthetic", "samples": cfg.samples, "input_shape": list(shape.input_shape),
                          "kind": "tokens" if shape.tokens else "classes", "num_classes": shape.num_classes,
-                         "label_range": [int(y.min()), int(y.max())]}
+                         **_array_labels(y)}
 
     validation = None
     if val is not None and val.kind() != "path":
@@ -349,7 +363,7 @@ def _file_source(cfg: DataConfig, opts: BatchOptions, rt: World, spec: SampleSha
         cfg.prefetch, cfg.read_threads)))
     rng = rt.agree(lambda: _read_labels(reader.files, target, path))
     desc = {"source": "hdf5", "path": str(Path(path).resolve()), "samples": manifest.num_samples,
-            "inputs": inputs, "targets": target, **_validate_labels(path, rng, manifest)}
+            "inputs": inputs, "targets": target, **_label_facts(rng, manifest)}
     return FileSource(reader, inputs, target), desc
 
 
@@ -371,7 +385,7 @@ def _file_validation(cfg: DataConfig, opts: BatchOptions, rt: World, spec: Sampl
         return tuple(fields[n] for n in inputs), fields[target]
 
     desc = {"source": "hdf5", "path": str(Path(path).resolve()), "samples": manifest.num_samples,
-            **_validate_labels(path, rng, manifest)}
+            **_label_facts(rng, manifest)}
     return ValidationSet(opts.eval_batch_size, eval_ids(manifest.num_samples, rt.rank, rt.size), read,
                          files.close), desc
 
@@ -380,9 +394,7 @@ def _given_source(given: Given, opts: BatchOptions, rt: World, remainder: str) -
     if given.kind() == "arrays":
         inputs, targets = given.arrays()
         sampler = rt.agree(lambda: _sampler(len(targets), opts, rt, remainder, given.key))
-        desc = {"source": "arrays", "samples": len(targets), "inputs": len(inputs)}
-        if targets.dtype.kind in "iu" and len(targets):
-            desc["label_range"] = [int(targets.min()), int(targets.max())]
+        desc = {"source": "arrays", "samples": len(targets), "inputs": len(inputs), **_array_labels(targets)}
         return ArraySource(inputs, targets, sampler), desc
     n = len(given.value)
     sampler = rt.agree(lambda: _sampler(n, opts, rt, remainder, given.key))
@@ -393,12 +405,10 @@ def _given_source(given: Given, opts: BatchOptions, rt: World, remainder: str) -
 def _given_validation(given: Given, opts: BatchOptions, rt: World) -> tuple[ValidationSet, dict[str, Any]]:
     if given.kind() == "arrays":
         inputs, targets = given.arrays()
-        desc = {"source": "arrays", "samples": len(targets)}
-        if targets.dtype.kind in "iu" and len(targets):
-            desc["label_range"] = [int(targets.min()), int(targets.max())]
+        desc = {"source": "arrays", "samples": len(targets), **_array_labels(targets)}
         return ValidationSet(opts.eval_batch_size, eval_ids(len(targets), rt.rank, rt.size),
                              lambda ids: (tuple(a[ids] for a in inputs), targets[ids])), desc
-    source = DatasetSource(given.value, None, given.key)  # type: ignore[arg-type]
     n = len(given.value)
-    return ValidationSet(opts.eval_batch_size, eval_ids(n, rt.rank, rt.size), source._items), \
+    return ValidationSet(opts.eval_batch_size, eval_ids(n, rt.rank, rt.size),
+                         lambda ids: read_items(given.value, ids, given.key)), \
         {"source": "dataset", "samples": n, "class": type(given.value).__name__}
