@@ -417,41 +417,62 @@ def check_writable(directory: Path, need_bytes: int, key: str) -> str | None:
 class Watchdog:
     """Ends the job when this rank completes no step for ``timeout_s`` seconds (a hung or dead peer leaves
     the others blocked in an all-reduce forever, burning the allocation). Says which phase this rank is
-    stuck in: ranks stuck in the all-reduce are waiting for one that is not."""
+    stuck in: ranks stuck in the all-reduce are waiting for one that is not.
+
+    A lost node is found sooner by ``peer_timeout_s``: the time one wait for the other ranks (a step's
+    all-reduce, the step-boundary collectives) may take. Neither MPI's TCP links nor Horovod notice a peer
+    whose host vanished (no connection reset comes; TCP retransmits for ~15 minutes), and Slurm notices only
+    after its SlurmdTimeout (300 s by default): measured in docs/fault-tolerance.md. It applies from the
+    second step on, so a first step that compiles or warms up is judged by ``timeout_s`` alone."""
+
+    WAITS = ("all-reduce", "collective")  # phases in which this rank waits for the others
 
     def __init__(self, cfg: FaultConfig, rank: int, abort: Any) -> None:
         self.timeout = cfg.watchdog_s
+        self.peer_timeout = cfg.peer_timeout_s
         self.rank = rank
         self.abort = abort
         self.phase = "start-up"
         self.step = 0
-        self._beat = time.monotonic()
+        self._first_step: int | None = None
+        self._beat = self._entered = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if self.timeout > 0:
-            self._beat = time.monotonic()
+        if self.timeout > 0 or self.peer_timeout > 0:
+            self._beat = self._entered = time.monotonic()
             self._thread = threading.Thread(target=self._run, daemon=True, name="hpctrain-watchdog")
             self._thread.start()
 
     def beat(self, step: int, phase: str) -> None:
+        if self._first_step is None:
+            self._first_step = step
         self.step, self.phase, self._beat = step, phase, time.monotonic()
+        self._entered = self._beat
 
     def enter(self, phase: str) -> None:
-        self.phase = phase
+        self.phase, self._entered = phase, time.monotonic()
 
     def _run(self) -> None:
-        while not self._stop.wait(min(1.0, self.timeout / 4)):
-            idle = time.monotonic() - self._beat
-            if idle >= self.timeout:
-                waiting = "waiting for another rank" if self.phase in ("all-reduce", "collective") else \
-                    "this rank itself is stuck"
-                print(f"hpctrain: error (rank {self.rank}): watchdog: no step completed for {idle:.0f} s "
-                      f"(fault.watchdog_s={self.timeout:g}) after step {self.step}, stuck in {self.phase} "
-                      f"({waiting}); ending the job", file=sys.stderr, flush=True)
-                self.abort()
-                return
+        limits = [t for t in (self.timeout, self.peer_timeout) if t > 0]
+        while not self._stop.wait(min(1.0, min(limits) / 4)):
+            now = time.monotonic()
+            idle, waited, phase = now - self._beat, now - self._entered, self.phase
+            if self.timeout and idle >= self.timeout:
+                waiting = "waiting for another rank" if phase in self.WAITS else "this rank itself is stuck"
+                why = (f"no step completed for {idle:.0f} s (fault.watchdog_s={self.timeout:g}) after step "
+                       f"{self.step}, stuck in {phase} ({waiting})")
+            elif self.peer_timeout and phase in self.WAITS and waited >= self.peer_timeout \
+                    and self._first_step is not None and self.step > self._first_step:
+                why = (f"waited {waited:.1f} s for the other ranks in the {phase} after step {self.step} "
+                       f"(fault.peer_timeout_s={self.peer_timeout:g}): a rank or its node is lost or stuck")
+            else:
+                continue
+            print(f"hpctrain: error (rank {self.rank}): watchdog: {why}; ending the job", file=sys.stderr,
+                  flush=True)
+            self.abort()
+            return
 
     def stop(self) -> None:
         self._stop.set()

@@ -283,6 +283,9 @@ class CheckpointConfig:
 class FaultConfig:
     watchdog_s: float = _f(
         600.0, "end the job when a rank completes no step for this many seconds (0 = no watchdog)")
+    peer_timeout_s: float = _f(
+        60.0, "end the job when this rank has waited this many seconds in one step's all-reduce or step-boundary "
+              "collective (a lost peer or node; applies from the second step; 0 = only fault.watchdog_s)")
     signal_check_every: int = _f(
         1, "agree on SIGUSR1/SIGTERM and time-based checkpoints every N steps (one tiny all-reduce)")
     elastic: bool = _f(False, "Horovod elastic: keep training when workers are lost or added (launch with "
@@ -291,6 +294,7 @@ class FaultConfig:
 
     def __post_init__(self) -> None:
         _check(self.watchdog_s >= 0, "fault.watchdog_s", "must be >= 0")
+        _check(self.peer_timeout_s >= 0, "fault.peer_timeout_s", "must be >= 0")
         _check(self.signal_check_every >= 1, "fault.signal_check_every", "must be >= 1")
         _check(self.commit_every >= 1, "fault.commit_every", "must be >= 1")
 

@@ -401,6 +401,18 @@ def setup_logging(rank: int, size: int, all_ranks: bool = False, level: int = lo
     logger.propagate = False
 
 
+def rank_ranges(ranks: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"ranks 0-2,5"``; ``[3]`` -> ``"rank 3"``."""
+    spans: list[list[int]] = []
+    for r in sorted(ranks):
+        if spans and r == spans[-1][1] + 1:
+            spans[-1][1] = r
+        else:
+            spans.append([r, r])
+    text = ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+    return ("rank " if len(ranks) == 1 else "ranks ") + text
+
+
 def info_report(comm: CommConfig) -> str | None:
     """What a user needs to debug a launch; collective (every rank reports), returned on rank 0 only."""
     import platform
@@ -416,9 +428,11 @@ def info_report(comm: CommConfig) -> str | None:
     rt = init(comm)
     row = (f"rank {rt.rank}/{rt.size}  local {rt.local_rank}/{rt.local_size}  host {socket.gethostname()}  "
            f"pid {os.getpid()}  device {rt.device}  threads {rt.threads}")
-    rows = hvd.allgather_object(row, name="hpctrain.info")  # dist
+    rows = hvd.allgather_object((socket.gethostname(), row), name="hpctrain.info")  # dist
     if not rt.is_root:
         return None
+    hosts = [host for host, _ in rows]
+    nodes = sorted(set(hosts), key=hosts.index)  # node k: the k-th host in rank order
     mpi_lib = "n/a (Gloo controller)"
     if rt.controller == "mpi":
         from mpi4py import MPI
@@ -438,6 +452,8 @@ def info_report(comm: CommConfig) -> str | None:
         "settings    " + "  ".join(f"{k}={os.environ.get(k, '-')}" for k in (
             "HOROVOD_FUSION_THRESHOLD", "HOROVOD_CYCLE_TIME", "OMPI_MCA_mpi_yield_when_idle",
             "HOROVOD_CPU_OPERATIONS")),
-        *rows,
+        "hosts       " + ", ".join(f"{h} ({rank_ranges([r for r, x in enumerate(hosts) if x == h])})"
+                                  for h in nodes),
+        *(row.replace(f"host {h}  ", f"host {h}  node {nodes.index(h)}/{len(nodes)}  ", 1) for h, row in rows),
     ]
     return "\n".join(lines)

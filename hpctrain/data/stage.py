@@ -1,22 +1,30 @@
 """Copy a dataset to node-local storage once per node: local rank 0 copies and verifies, the others wait.
 
-The copy goes to ``<dest>/<name>-<manifest hash>``: a changed dataset gets a new directory, and a complete
-copy from an earlier job on the same node is reused after a size check. The copy is written under a
-temporary name and renamed, so a job killed mid-copy leaves nothing that looks complete.
+The copy goes to ``<dest>/<name>-<manifest hash>``: a changed dataset gets a new directory. A copy from an
+earlier job on the same node is reused when its manifest is the source's and every shard has its recorded
+size; a stale or partial one is replaced. A copy is written under a temporary name, checksummed, and renamed
+into place, so a job killed mid-copy leaves nothing that looks complete, and two jobs staging on one node at
+once never see each other's half-written files: the second to finish uses the first one's copy, and a stale
+copy is moved aside (not deleted under a job still reading it: its open files stay readable) before the new
+one takes its name. Each copy records who made it (``.staged.json``: host, local rank, pid, time).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
+import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from hpctrain.data.format import MANIFEST, DataError, validate
 
 log = logging.getLogger(__name__)
+RECORD = ".staged.json"
 
 
 def staged_path(src: Path, dest_root: Path) -> Path:
@@ -24,20 +32,50 @@ def staged_path(src: Path, dest_root: Path) -> Path:
     return dest_root / f"{src.resolve().name}-{digest}"
 
 
-def copy_verified(src: Path, dest_root: Path) -> Path:
-    """Copy ``src`` under ``dest_root`` (if not already there) and verify every checksum of the copy."""
+def _reusable(src: Path, target: Path) -> bool:
+    """A complete copy of ``src``: the same manifest bytes, and every shard of the recorded size."""
+    if not target.exists():
+        return False
+    try:
+        if (target / MANIFEST).read_bytes() != (src / MANIFEST).read_bytes():
+            raise DataError(f"{target / MANIFEST}: differs from the source's")
+        validate(target, checksum=False)
+        return True
+    except (DataError, OSError) as e:
+        log.warning("staged copy %s is stale or partial (%s): replacing it", target, e)
+        return False
+
+
+def _install(tmp: Path, src: Path, target: Path) -> None:
+    """Move the verified copy ``tmp`` to ``target``, unless another job put a good copy there meanwhile."""
+    try:
+        os.replace(tmp, target)  # atomic; fails if a non-empty target appeared
+        return
+    except OSError:
+        if _reusable(src, target):
+            return  # another job on this node finished first: its copy is as good as ours
+    stale = target.with_name(f".{target.name}.stale-{os.getpid()}")
+    os.replace(target, stale)
+    os.replace(tmp, target)
+    shutil.rmtree(stale, ignore_errors=True)
+
+
+def copy_verified(src: Path, dest_root: Path, local_rank: int = 0) -> Path:
+    """Copy ``src`` under ``dest_root`` (unless a complete copy is there) and verify every checksum of it."""
     try:
         validate(src, checksum=False)
         target = staged_path(src, dest_root)
-        if target.exists():
-            validate(target, checksum=False)
+        if _reusable(src, target):
             return target
         dest_root.mkdir(parents=True, exist_ok=True)
         tmp = dest_root / f".{target.name}.tmp-{os.getpid()}"
         try:
             shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".*"))
             validate(tmp, checksum=True)
-            os.replace(tmp, target)
+            (tmp / RECORD).write_text(json.dumps({"host": socket.gethostname(), "local_rank": local_rank,
+                                                  "pid": os.getpid(), "source": str(src.resolve()),
+                                                  "time": time.time()}))
+            _install(tmp, src, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
@@ -54,7 +92,7 @@ def stage(src: str | Path, dest_root: str | Path, local_rank: int, barrier: Call
     error = None
     if local_rank == 0:
         try:
-            copy_verified(src, dest_root)
+            copy_verified(src, dest_root, local_rank)
             log.info("staged %s to %s", src, staged_path(src, dest_root))
         except DataError as e:
             error = e

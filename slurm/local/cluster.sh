@@ -145,19 +145,33 @@ EOF
     echo "# namespaces and runs CMD there with sh, from \$HOME, keeping the caller's environment."
     echo "DIR=$DIR"
     cat <<'EOF'
-while [ $# -gt 0 ]; do
+host=""
+while [ $# -gt 0 ]; do  # options may come before and after HOST (horovodrun puts -o ConnectTimeout after it)
   case "$1" in
     -[oplicFEJLRDbemwWQS]) shift 2 ;;
     -*) shift ;;
-    *) break ;;
+    *) [ -n "$host" ] && break; host=$1; shift ;;
   esac
 done
-host=${1:?usage: ssh HOST CMD}; shift
+[ -n "$host" ] || { echo "usage: ssh [OPTIONS] HOST CMD" >&2; exit 255; }
 host=${host#*@}
 pid=$(cat "$DIR/nodes/$host/init.pid" 2>/dev/null) || { echo "ssh: Could not resolve hostname $host" >&2; exit 255; }
 kill -0 "$pid" 2>/dev/null || { echo "ssh: connect to host $host port 22: No route to host" >&2; exit 255; }
 [ -f "$DIR/nodes/$host/cut" ] && { echo "ssh: connect to host $host port 22: Connection timed out" >&2; exit 255; }
-exec nsenter -t "$pid" -n -m -u -i -p --wd=/ -- /bin/sh -c "cd \"\$HOME\" 2>/dev/null; $*"
+nsenter -t "$pid" -n -m -u -i -p --wd=/ -- /bin/sh -c "cd \"\$HOME\" 2>/dev/null; $*" <&0 &
+cmd=$!
+trap 'kill $cmd $idle 2>/dev/null; exit 255' TERM INT HUP
+wait $cmd; rc=$?
+if [ -f "$DIR/nodes/$host/off" ] || ! kill -0 "$pid" 2>/dev/null; then
+  # The node went away under the command. A real ssh gets no FIN from a host that vanished: it waits until
+  # TCP gives up retransmitting (net.ipv4.tcp_retries2, ~15 min); so does this stand-in, so that mpirun and
+  # horovodrun learn of the loss as they would on a cluster, not from their ssh exiting.
+  sleep 924 & idle=$!
+  wait $idle
+  echo "ssh: Connection to $host timed out" >&2
+  exit 255
+fi
+exit $rc
 EOF
   } > "$DIR/bin/ssh"
   cp "$DIR/bin/ssh" "$DIR/bin/rsh-agent"
@@ -166,7 +180,7 @@ EOF
 
 boot_node() {  # boot_node NAME INDEX: namespaces, mounts, link, slurmd
   local n=$1 i=$2 d="$DIR/nodes/$1" pid
-  rm -rf "$d/tmp" "$d/scratch" "$DIR/spool/$n" "$d/cut"  # a (re)booted node starts with clean local disks
+  rm -rf "$d/tmp" "$d/scratch" "$DIR/spool/$n" "$d/cut" "$d/off"  # a (re)booted node starts with clean local disks
   mkdir -p "$d/tmp" "$d/scratch" "$DIR/spool/$n"
   # The node's init (PID 1 of its PID namespace) makes its mounts, waits for its link, starts slurmd in the
   # foreground and reaps orphans; killing it ends every process of the node.
@@ -210,7 +224,7 @@ cmd_up() {
   local have=none; slurm_on && have=slurm
   if alive "$DIR/head.pid" && [ "$(nodes | wc -l)" -eq "$want" ] && [ $have = $slurm ]; then
     local ok=1 n; for n in $(nodes); do kill -0 "$(node_pid "$n")" 2>/dev/null || ok=0; done
-    if [ $ok = 1 ]; then say "already up: $(nodes | paste -sd' ' -)"; cmd_env; return 0; fi
+    if [ $ok = 1 ]; then write_wrappers; say "already up: $(nodes | paste -sd' ' -)"; cmd_env; return 0; fi
   fi
   cmd_down >/dev/null 2>&1 || true  # a different or half-started cluster: start clean
   need_tools $slurm
@@ -278,6 +292,10 @@ stop_pid() {  # stop_pid PID: SIGTERM, SIGKILL after 5 s
 cmd_poweroff() {
   local n=${1:?poweroff NODE} pid
   pid=$(node_pid "$n") || die "no node $n"
+  # The link first: a host that loses power sends nothing, while processes that are killed close their
+  # sockets, and the FINs and RSTs would tell every peer at once (measured: Open MPI then ends in 2 s).
+  in_head ip link set "v$n" down 2>/dev/null || true
+  touch "$DIR/nodes/$n/off"  # for the ssh stand-in: its command did not end, the node did
   kill -9 "$pid" 2>/dev/null || true  # PID 1 of the namespace: the kernel kills everything else in it
   for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
   say "powered off $n"

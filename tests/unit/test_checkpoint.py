@@ -137,3 +137,24 @@ def test_watchdog_fires_only_without_progress(capsys):
     assert len(fired) == 1 and fired[0] - start < 1.0
     err = capsys.readouterr().err
     assert "rank 3" in err and "after step 5, stuck in data (this rank itself is stuck)" in err
+
+
+def test_peer_timeout_ends_a_wait_for_the_others_but_not_slow_work_or_the_first_step(capsys):
+    """fault.peer_timeout_s bounds one wait in the all-reduce (a lost node); a rank busy with its own data or
+    compute for as long is left to fault.watchdog_s, and so is the first step (compilation, warm-up)."""
+    fired = []
+    dog = Watchdog(FaultConfig(watchdog_s=30, peer_timeout_s=0.4), rank=1, abort=lambda: fired.append(1))
+    dog.start()
+    dog.enter("all-reduce")  # the first step's wait: not judged by the peer timeout
+    time.sleep(0.7)
+    dog.beat(1, "collective")
+    dog.enter("data")  # this rank's own slow work
+    time.sleep(0.7)
+    assert not fired
+    dog.beat(2, "collective")
+    dog.enter("all-reduce")
+    time.sleep(0.8)
+    dog.stop()
+    assert fired == [1]
+    assert "s for the other ranks in the all-reduce after step 2 (fault.peer_timeout_s=0.4)" in \
+        capsys.readouterr().err

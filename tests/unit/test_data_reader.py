@@ -1,5 +1,8 @@
 """The rank-aware reader on real HDF5 shards: partitioning, determinism, exact resume, bad input."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
@@ -187,3 +190,40 @@ def test_stage_copies_once_verifies_and_reuses(tmp_path):
     assert [p.name for p in (tmp_path / "node").iterdir()] == [local.name]  # no temporary left
     with pytest.raises(DataError, match="variable in it is not set"):
         stage(root, "$HPCTRAIN_NO_SUCH_VAR/x", 0, lambda: None)
+
+
+def test_stage_replaces_a_stale_or_partial_copy(tmp_path):
+    """A copy from an earlier job that lost a shard's tail (a full disk, a killed copy renamed by hand) or
+    whose manifest differs is replaced by a fresh, checksummed copy, not reused and not an error."""
+    root, _ = make_dataset(tmp_path)
+    local = stage(root, tmp_path / "node", 0, lambda: None)
+    shard = local / "shard-00001.h5"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    assert stage(root, tmp_path / "node", 0, lambda: None) == local
+    assert open_dataset(local, "checksum").num_samples == 300
+    (local / "manifest.json").write_text((local / "manifest.json").read_text() + " ")
+    stage(root, tmp_path / "node", 0, lambda: None)
+    assert (local / "manifest.json").read_bytes() == (root / "manifest.json").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "node").iterdir()) == [local.name]
+
+
+def test_two_jobs_staging_on_one_node_never_corrupt_each_others_copy(tmp_path):
+    """The second job to finish its copy finds the first one's complete copy in place and keeps it (a job
+    may already read it); a stale copy is moved aside, so a reader's open file stays whole."""
+    from hpctrain.data.stage import _install, copy_verified
+
+    root, _ = make_dataset(tmp_path)
+    first = copy_verified(root, tmp_path / "node")
+    inode = (first / "shard-00000.h5").stat().st_ino
+    late = tmp_path / "node" / ".late.tmp"
+    shutil.copytree(root, late)
+    _install(late, root, first)  # the slower job's copy arrives after the first is in place
+    assert (first / "shard-00000.h5").stat().st_ino == inode  # kept; copy_verified then removes the late one
+    with open(first / "shard-00002.h5", "rb") as reader:  # a job reading the copy when it turns stale
+        before = reader.read(64)
+        (first / "shard-00000.h5").write_bytes(b"x")
+        again = copy_verified(root, tmp_path / "node")
+        reader.seek(0)
+        assert reader.read(64) == before
+    assert open_dataset(again, "checksum").num_samples == 300
+    assert json.loads((again / ".staged.json").read_text())["local_rank"] == 0
