@@ -132,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     bc.add_argument("--ranks", default="1,2", help="comma list of rank counts")
     bc.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
     bc.add_argument("--steps", type=int, help="steps per run (default: mlp-21m 150, cnn 500, transformer 100, "
-                                               "--model 200; 5 warm-up steps are not timed)")
+                                               "--model 200; the first 5 steps are not timed)")
     bc.add_argument("--impls", help="hpctrain first, then api (hpctrain.fit from a script, mpirun) and peers: "
                                     "horovod (raw loop, mpirun), ddp (torchrun), torch (plain loop, one process); "
                                     "default hpctrain,horovod,ddp")
@@ -215,8 +215,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     from hpctrain import dist
+    from hpctrain.data import convert, writer
     from hpctrain.data import format as fmt
-    from hpctrain.data import sources, writer
     from hpctrain.data.format import DataError
 
     if args.data_command == "validate":
@@ -240,7 +240,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.data_command == "synth":
         shape = tuple(int(v) for v in args.shape.split(",")) if args.shape else None
-        fields, read, meta = sources.synthetic_source(args.task, args.samples, args.seed, shape, args.classes,
+        fields, read, meta = convert.synthetic_input(args.task, args.samples, args.seed, shape, args.classes,
                                                             args.split)
         meta.update(seed=args.seed, split=args.split)
         n, inputs, targets = args.samples, "x", "y"
@@ -251,7 +251,7 @@ def cmd_data(args: argparse.Namespace) -> int:
             if not sep or not name or not spec:
                 raise DataError(f"--field {item!r}: expected NAME=FILE[:ARRAY]")
             specs[name] = spec
-        fields, n, read = sources.from_arrays(specs)
+        fields, n, read = convert.from_arrays(specs)
         names = list(specs)
         inputs = args.inputs or names[0]
         targets = args.targets or (names[1] if len(names) > 1 else names[0])

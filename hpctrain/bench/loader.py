@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from hpctrain.data import convert, writer
 from hpctrain.data import format as fmt
-from hpctrain.data import sources, writer
 from hpctrain.data.reader import ReaderOptions, ShardedReader
 from hpctrain.files import write_atomic
 
@@ -113,7 +113,7 @@ def run(path: str | None, samples: int, shards: int, batch: int, window: int, re
     if path is None:
         tmp = tempfile.TemporaryDirectory(prefix="hpctrain-bench-")
         root = Path(tmp.name) / "ds"
-        fields, read, meta = sources.synthetic_source("images", samples, seed=0)
+        fields, read, meta = convert.synthetic_input("images", samples, seed=0)
         writer.write_dataset(root, fields, read, samples, writer.WriteOptions(shards, metadata=meta))
     else:
         root = Path(path)
