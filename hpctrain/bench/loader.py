@@ -178,6 +178,19 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def add_arguments(parser: Any) -> None:
+    parser.add_argument("--path", help="existing dataset (default: generate synthetic images in a temp dir)")
+    parser.add_argument("--samples", type=int, default=20_000, help="generated dataset size (12 KiB/sample)")
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--window", type=int, default=4096, help="reader shuffle window")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs the hpctrain reader is timed over")
+    parser.add_argument("--naive-samples", type=int, default=5_000, help="samples timed for the naive loader")
+    parser.add_argument("--no-cold", action="store_true", help="skip the cold-cache measurement")
+    parser.add_argument("--json", help="also write the results to this file")
+
+
 def main(args: Any) -> None:
     results = run(args.path, args.samples, args.shards, args.batch, args.window, args.repeats,
                   args.naive_samples, not args.no_cold, args.epochs)
