@@ -8,6 +8,7 @@ written as single-quoted shell words.
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import logging
 import re
 import shlex
@@ -22,7 +23,6 @@ from hpctrain import config as config_mod
 from hpctrain.errors import UserError
 
 log = logging.getLogger("hpctrain")
-TEMPLATES = Path(__file__).resolve().parents[1] / "slurm"
 BEGIN, END = "# --- sbatch options", "# --- end of sbatch options ---"
 
 # What each #SBATCH value may contain: enough for real names, times and paths, never a quote, `$`, space or newline.
@@ -101,9 +101,7 @@ def render(config_path: str | None, overrides: list[str], job: JobOptions) -> st
     if not _PATH.match(output):
         raise SlurmError(f"run.dir {cfg.run.dir!r} cannot be used in #SBATCH --output (spaces, quotes or $): "
                          "pass --output PATH")
-    template = (TEMPLATES / "train.sbatch")
-    if not template.exists():
-        raise SlurmError(f"{template}: batch script template not found (hpctrain must run from its repository)")
+    template = template_path()
     text = template.read_text()
     head, _, rest = text.partition(BEGIN)
     _, _, tail = rest.partition(END)
@@ -137,6 +135,15 @@ def submit(script: str, run_dir: Path) -> tuple[str, Path]:
         path.unlink()
         raise SlurmError(f"sbatch refused the job: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc.stdout.strip().split(";")[0], path
+
+
+def template_path(name: str = "train.sbatch") -> Path:
+    """The batch-script template shipped with the package (package data, so an installed hpctrain finds it
+    without the source tree); a file on disk, as sbatch needs one."""
+    path = Path(str(importlib.resources.files("hpctrain") / "templates" / name))
+    if not path.is_file():
+        raise SlurmError(f"{path}: batch script template missing from this hpctrain installation: reinstall it")
+    return path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

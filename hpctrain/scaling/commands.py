@@ -15,7 +15,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sr.add_argument("--global-batch", type=int, help="strong: global batch split over the ranks "
                                                       "(default: train.batch_size x the largest rank count)")
     sr.add_argument("--repeats", type=int, default=1, help="runs per rank count (the report takes the median)")
-    sr.add_argument("--slurm", action="store_true", help="submit each run with sbatch --wait slurm/train.sbatch")
+    sr.add_argument("--launcher", choices=["mpirun", "sbatch", "srun"], default="mpirun",
+                    help="mpirun: ranks on this machine (default); sbatch: each point a job of slurm/train.sbatch "
+                         "(sbatch --wait); srun: each point a step of the Slurm allocation this runs in "
+                         "(slurm/scaling.sbatch)")
+    sr.add_argument("--slurm", action="store_const", const="sbatch", dest="launcher",
+                    help="the same as --launcher sbatch")
     sr.add_argument("--out", required=True, help="records file (JSON lines), appended to")
     sr.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
     sp = scsub.add_parser("report", help="Markdown report with tables, PNG plots and a communication model")
@@ -32,8 +37,9 @@ def main(args: argparse.Namespace) -> int:
         from hpctrain.scaling import run
 
         ranks = [int(v) for v in args.ranks.split(",") if v.strip()]
-        records = run.run_study(args.mode, ranks, args.config, args.overrides, Path(args.out), args.global_batch,
-                                args.repeats, args.slurm)
+        study = run.Study(args.mode, ranks, args.config, args.overrides, args.global_batch, args.repeats,
+                          args.launcher)
+        records = run.run_study(study, Path(args.out))
         for r in records:
             print(f"{r['mode']:6s} {r['world_size']:3d} rank(s)  {r['samples_per_sec']:12.1f} samples/s")
         print(f"records appended to {args.out}")
