@@ -18,7 +18,8 @@ $(VENV)/.setup-done: scripts/setup.sh pyproject.toml
 demo: setup
 	bash scripts/demo.sh $(NP)
 
-# The tests also need Slurm and munge (tests/slurm start a real single-node cluster); ruff and mypy run first.
+# The tests also need Slurm and munge (tests/slurm start a real single-node cluster, tests/multinode a two-node
+# cluster of namespaces: slurm/local/cluster.sh); ruff and mypy run first.
 $(VENV)/.slurm-done: $(VENV)/.setup-done
 	HPCTRAIN_WITH_SLURM=1 bash scripts/setup.sh
 	touch $@
@@ -34,6 +35,9 @@ test-mpi: setup
 
 test-slurm: setup $(VENV)/.slurm-done
 	$(BIN)/python -m pytest -ra tests/slurm
+
+test-multinode: setup $(VENV)/.slurm-done
+	$(BIN)/python -m pytest -ra tests/multinode
 
 lint: setup
 	$(BIN)/ruff check hpctrain tests data scripts docs/examples

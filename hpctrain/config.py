@@ -245,6 +245,10 @@ class CommConfig:
                                    "uses at least 20: nothing waits on the cycle there)")
     yield_when_idle: bool = _f(
         True, "CPU runs under OpenMPI: let idle ranks yield the core instead of busy-polling")
+    hierarchical: bool = _f(
+        False, "Horovod's hierarchical all-reduce (HOROVOD_HIERARCHICAL_ALLREDUCE): NCCL reduce-scatter within "
+               "each node, MPI all-reduce between nodes, NCCL all-gather within; only on GPUs with a NCCL build "
+               "of Horovod and more than one node (elsewhere Horovod ignores it and hpctrain says so)")
 
     def __post_init__(self) -> None:
         _check(self.fusion_threshold_mb >= 0, "comm.fusion_threshold_mb", "must be >= 0")

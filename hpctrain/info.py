@@ -58,7 +58,7 @@ def info_report(comm: CommConfig) -> str | None:
         f"launcher    {rt.launch.launcher}; controller {rt.controller}; world size {rt.size}",
         "settings    " + "  ".join(f"{k}={os.environ.get(k, '-')}" for k in (
             "HOROVOD_FUSION_THRESHOLD", "HOROVOD_CYCLE_TIME", "OMPI_MCA_mpi_yield_when_idle",
-            "HOROVOD_CPU_OPERATIONS")),
+            "HOROVOD_CPU_OPERATIONS", "HOROVOD_HIERARCHICAL_ALLREDUCE")),
         "hosts       " + ", ".join(f"{h} ({rank_ranges([r for r, x in enumerate(hosts) if x == h])})"
                                   for h in nodes),
         *(row.replace(f"host {h}  ", f"host {h}  node {nodes.index(h)}/{len(nodes)}  ", 1) for h, row in rows),

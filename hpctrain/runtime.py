@@ -83,10 +83,25 @@ def _horovod_env(comm: CommConfig, env: MutableMapping[str, str], watchdog_s: fl
     else:
         cycle_ms = max(comm.cycle_time_ms, SINGLE_RANK_CYCLE_MS) if size == 1 else comm.cycle_time_ms
         env["HOROVOD_CYCLE_TIME"] = str(cycle_ms)
+    if comm.hierarchical:
+        env["HOROVOD_HIERARCHICAL_ALLREDUCE"] = "1"
     if watchdog_s > 0:
         # Horovod's coordinator then logs which ranks have not joined a stalled all-reduce before the
         # watchdog (hpctrain.checkpoint.Watchdog) ends the job.
         env.setdefault("HOROVOD_STALL_CHECK_TIME_SECONDS", str(max(1, int(watchdog_s / 2))))
+
+
+def hierarchical_ignored(nccl_built: bool, on_gpu: bool, size: int, local_size: int) -> str | None:
+    """Why Horovod 0.28 ignores HOROVOD_HIERARCHICAL_ALLREDUCE here, or None where it is used. Its only user
+    is the NCCL hierarchical all-reduce (operations.cc forces the flag off in builds whose GPU all-reduce is
+    not NCCL or DDL, and off on one node); CPU tensors take the flat MPI or Gloo all-reduce either way."""
+    if not nccl_built:
+        return "this Horovod was built without NCCL (Horovod turns it off)"
+    if not on_gpu:
+        return "the tensors are on the CPU (only the NCCL GPU all-reduce is hierarchical)"
+    if size == local_size:
+        return "all ranks are on one node"
+    return None
 
 
 def keep_freed_memory(mb: int) -> bool:
@@ -148,6 +163,10 @@ def init(comm: CommConfig, env: MutableMapping[str, str] | None = None, watchdog
                           + ("under Slurm use `srun --mpi=pmix` (pmi2 does not work with this OpenMPI)"
                              if info.launcher == "slurm" else "check the launcher and its MPI"))
     local_size = hvd.local_size()
+    if comm.hierarchical and hvd.rank() == 0:
+        why = hierarchical_ignored(bool(hvd.nccl_built()), on_gpu, hvd.size(), local_size)
+        if why:
+            log.warning("comm.hierarchical = true has no effect: %s; the all-reduce stays flat", why)
     if on_gpu:
         device = torch.device("cuda", info.local_rank)  # dist: local rank from the launcher, one GPU each
         torch.cuda.set_device(device)

@@ -58,15 +58,31 @@ def test_every_rank_knows_its_place_on_every_node(cluster, launch):
     assert re.search(r"^hosts\s+" + r",?\s+".join(f"{h} \\(ranks? [0-9,-]+\\)" for h in nodes), out, re.M), out
 
 
-def test_four_ranks_on_two_nodes_equal_one_rank_with_four_times_the_batch(cluster, tmp_path):
+FOUR = ["srun", "-N2", "--ntasks-per-node=2", "--mpi=pmix", HPCTRAIN, "train", *COMMON, f"train.batch_size={B}"]
+
+
+@pytest.fixture(scope="module")
+def four_ranks(cluster, tmp_path_factory):
+    d = tmp_path_factory.mktemp("four")
+    cluster.sh(*FOUR, f"run.dir={d}")
+    return d
+
+
+def test_four_ranks_on_two_nodes_equal_one_rank_with_four_times_the_batch(four_ranks, tmp_path):
     """tests/mpi/test_equivalence.py's property across nodes (shared memory within, TCP between); its control
     there shows a different batch lands far outside this tolerance."""
-    run([HPCTRAIN, "train", *COMMON, f"train.batch_size={4 * B}", f"run.dir={tmp_path / 'one'}"])
-    cluster.sh("srun", "-N2", "--ntasks-per-node=2", "--mpi=pmix", HPCTRAIN, "train", *COMMON,
-               f"train.batch_size={B}", f"run.dir={tmp_path / 'four'}")
-    four = summary(tmp_path / "four")
+    run([HPCTRAIN, "train", *COMMON, f"train.batch_size={4 * B}", f"run.dir={tmp_path}"])
+    four = summary(four_ranks)
     assert four["world_size"] == 4 and four["launcher"] == "slurm"
-    assert max_abs_diff(weights(tmp_path / "four"), weights(tmp_path / "one")) < 1e-6
+    assert max_abs_diff(weights(four_ranks), weights(tmp_path)) < 1e-6
+
+
+def test_hierarchical_allreduce_on_cpu_is_flat_and_says_so(cluster, four_ranks, tmp_path):
+    """Horovod 0.28 uses HOROVOD_HIERARCHICAL_ALLREDUCE only in its NCCL all-reduce: across two CPU nodes the
+    result is bit-identical to the flat run's, and hpctrain warns that the setting does nothing."""
+    err = cluster.sh(*FOUR, "comm.hierarchical=true", f"run.dir={tmp_path}").stderr
+    assert "comm.hierarchical = true has no effect: this Horovod was built without NCCL" in err
+    assert summary(tmp_path)["params_sha256"] == summary(four_ranks)["params_sha256"]
 
 
 def test_stage_dir_makes_one_verified_copy_per_node_and_reuses_or_replaces_it(cluster, tmp_path):

@@ -223,3 +223,19 @@ def test_launcher_detection_imports_no_torch_horovod_or_mpi():
     control = subprocess.run([sys.executable, "-c", probe, "hpctrain.train"], capture_output=True, text=True,
                              check=True).stdout.strip()
     assert "torch" in control
+
+
+def test_hierarchical_allreduce_is_said_to_be_ignored_where_horovod_ignores_it():
+    from hpctrain.config import CommConfig
+    from hpctrain.runtime import _horovod_env, hierarchical_ignored
+
+    assert "without NCCL" in hierarchical_ignored(nccl_built=False, on_gpu=True, size=8, local_size=4)
+    assert "on the CPU" in hierarchical_ignored(nccl_built=True, on_gpu=False, size=8, local_size=4)
+    assert "one node" in hierarchical_ignored(nccl_built=True, on_gpu=True, size=4, local_size=4)
+    assert hierarchical_ignored(nccl_built=True, on_gpu=True, size=8, local_size=4) is None
+    env: dict[str, str] = {}
+    _horovod_env(CommConfig(hierarchical=True), env, watchdog_s=0, elastic=False, size=2)
+    assert env["HOROVOD_HIERARCHICAL_ALLREDUCE"] == "1"
+    env = {}
+    _horovod_env(CommConfig(), env, watchdog_s=0, elastic=False, size=2)
+    assert "HOROVOD_HIERARCHICAL_ALLREDUCE" not in env
