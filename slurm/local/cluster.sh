@@ -32,6 +32,7 @@ set -euo pipefail
 
 DIR="${HPCTRAIN_CLUSTER_DIR:-/tmp/hpctrain-cluster}"
 CONF="$DIR/slurm.conf"
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export SLURM_CONF="$CONF"
 NET=10.77.0        # the bridge's /24, private to the head's network namespace
 CPUS="${HPCTRAIN_CLUSTER_CPUS:-4}"  # CPUs each node declares (Slurm places -N2 -n4 as 3+1 with 4)
@@ -85,11 +86,7 @@ write_conf() {
   cat > "$CONF" <<CONF
 ClusterName=hpctrain-multi
 SlurmctldHost=head($NET.254)
-SlurmUser=root
-AuthType=auth/munge
-# A requeued job restarts in seconds, not minutes (as in slurm/local/up.sh).
-AuthInfo=cred_expire=20
-SchedulerParameters=sched_interval=2
+Include $HERE/common.conf
 StateSaveLocation=$DIR/ctld
 SlurmdSpoolDir=$DIR/spool/%n
 SlurmctldPidFile=$DIR/run/slurmctld.pid
@@ -98,19 +95,8 @@ SlurmctldLogFile=$DIR/log/slurmctld.log
 SlurmdLogFile=$DIR/log/slurmd-%n.log
 # The same path on every node, a different directory behind it (bind-mounted per node).
 TmpFS=$DIR/node/tmp
-ProctrackType=proctrack/pgid
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-MpiDefault=pmix
-SlurmdParameters=config_overrides
 # A node that stops answering is DOWN after SlurmdTimeout; one that comes back rejoins by itself.
 SlurmdTimeout=10
-ReturnToService=2
-JobRequeue=1
-MailProg=/bin/true
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
 CONF
   local i=1
   for n in $(nodes); do

@@ -13,6 +13,7 @@ set -euo pipefail
 DIR="${HPCTRAIN_SLURM_DIR:-/tmp/hpctrain-slurm}"
 CPUS="${HPCTRAIN_SLURM_CPUS:-8}"
 CONF="$DIR/slurm.conf"
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 NODE=$(hostname -s)
 export SLURM_CONF="$CONF"
 
@@ -48,31 +49,13 @@ fi
 cat > "$CONF" <<CONF
 ClusterName=hpctrain-local
 SlurmctldHost=$NODE
-SlurmUser=root
-AuthType=auth/munge
-# Short credential lifetime and scheduler interval: a requeued job restarts in ~25 s instead of ~150 s.
-AuthInfo=cred_expire=20
-SchedulerParameters=sched_interval=2
+Include $HERE/common.conf
 StateSaveLocation=$DIR/ctld
 SlurmdSpoolDir=$DIR/spool
 SlurmctldPidFile=$DIR/slurmctld.pid
 SlurmdPidFile=$DIR/slurmd.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
 SlurmdLogFile=$DIR/log/slurmd.log
-# pgid, not linuxproc: linuxproc leaks a batch script's background children past the job.
-ProctrackType=proctrack/pgid
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-# Debian's OpenMPI starts under PMIx; pmi2 does not work with it.
-MpiDefault=pmix
-# Let the node declare more CPUs than it has (jobs beyond that need --overcommit).
-SlurmdParameters=config_overrides
-ReturnToService=2
-JobRequeue=1
-MailProg=/bin/true
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
 NodeName=$NODE CPUs=$CPUS State=UNKNOWN
 PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 CONF
