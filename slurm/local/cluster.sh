@@ -146,14 +146,15 @@ kill -0 "$pid" 2>/dev/null || { echo "ssh: connect to host $host port 22: No rou
 [ -f "$DIR/nodes/$host/cut" ] && { echo "ssh: connect to host $host port 22: Connection timed out" >&2; exit 255; }
 nsenter -t "$pid" -n -m -u -i -p --wd=/ -- /bin/sh -c "cd \"\$HOME\" 2>/dev/null; $*" <&0 &
 cmd=$!
-trap 'kill $cmd $idle 2>/dev/null; exit 255' TERM INT HUP
+trap 'kill $cmd 2>/dev/null; exit 255' TERM INT HUP
 wait $cmd; rc=$?
 if [ -f "$DIR/nodes/$host/off" ] || ! kill -0 "$pid" 2>/dev/null; then
   # The node went away under the command. A real ssh gets no FIN from a host that vanished: it waits until
   # TCP gives up retransmitting (net.ipv4.tcp_retries2, ~15 min); so does this stand-in, so that mpirun and
   # horovodrun learn of the loss as they would on a cluster, not from their ssh exiting.
-  sleep 924 & idle=$!
-  wait $idle
+  # (bash's own read -t on a FIFO it holds both ends of: no child process that a SIGKILL would orphan)
+  fifo=$(mktemp -u); mkfifo "$fifo"; exec 3<>"$fifo"; rm -f "$fifo"
+  read -r -t 924 -u 3 || true
   echo "ssh: Connection to $host timed out" >&2
   exit 255
 fi
