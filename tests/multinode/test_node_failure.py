@@ -6,6 +6,7 @@ requeued and resumes bit-identically. The figures these tests print are in docs/
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 
@@ -91,3 +92,23 @@ def test_horovodrun_ends_when_a_node_is_lost(both_nodes_up, tmp_path):
     took = time.monotonic() - lost
     print(f"horovodrun: node loss to launcher exit {took:.1f} s")
     assert proc.returncode != 0 and took < 60, log.read_text()[-3000:]
+
+
+def test_a_restart_beyond_the_cap_does_not_start(tmp_path):
+    """Slurm requeues a job after a node failure by itself, without counting against HPCTRAIN_MAX_RESTARTS:
+    the batch script keeps the cap when the next start begins. The script is run as Slurm would start
+    restart 2 (two real node-failure cycles would cost minutes of CI), with a stand-in `srun` on PATH that
+    only records that the script went as far as launching the ranks."""
+    called = tmp_path / "srun-called"
+    (tmp_path / "srun").write_text(f"#!/bin/sh\ntouch {called}\n")
+    (tmp_path / "srun").chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_ID": "7", "SLURM_NTASKS": "4",
+           "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "n[1-2]", "HPCTRAIN_LOG_DIR": str(tmp_path / "logs")}
+    script = str(REPO / "slurm" / "train.sbatch")
+    over = subprocess.run(["bash", script], env={**env, "SLURM_RESTART_COUNT": "2", "HPCTRAIN_MAX_RESTARTS": "1"},
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert over.returncode == 1 and not called.exists(), over.stdout + over.stderr
+    assert "already restarted 2 times (HPCTRAIN_MAX_RESTARTS=1): not starting again" in over.stdout
+    within = subprocess.run(["bash", script], env={**env, "SLURM_RESTART_COUNT": "1", "HPCTRAIN_MAX_RESTARTS": "1"},
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert called.exists(), within.stdout + within.stderr  # the control: restart 1 of at most 1 starts
