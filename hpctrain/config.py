@@ -220,8 +220,8 @@ class OptimConfig:
     power: float = _f(1.0, "poly: exponent")
     step_size: int = _f(0, "step: decay every N steps after warm-up")
     gamma: float = _f(0.1, "step: multiply by this at every decay")
-    fused: bool = _f(True, "sgd, adamw: PyTorch's fused update kernel (one pass over the parameters; on CPU "
-                           "about 1.5x faster than the per-tensor loop for large models)")
+    fused: bool = _f(True, "sgd, adamw: PyTorch's fused update kernel (one pass over the parameters instead of "
+                           "a loop over tensors: faster for large models, docs/performance.md)")
 
     def __post_init__(self) -> None:
         _check(self.lr > 0 and math.isfinite(self.lr), "optim.lr", "must be a positive number")
