@@ -420,38 +420,45 @@ class Watchdog:
     the others blocked in an all-reduce forever, burning the allocation). Says which phase this rank is
     stuck in: ranks stuck in the all-reduce are waiting for one that is not."""
 
-    def __init__(self, cfg: FaultConfig, rank: int, abort: Any) -> None:
+    def __init__(self, cfg: FaultConfig, rank: int, abort: Any, clock: Any = time.monotonic) -> None:
         self.timeout = cfg.watchdog_s
         self.rank = rank
         self.abort = abort
+        self.clock = clock  # seconds, monotonic; tests pass their own to decide without waiting
         self.phase = "start-up"
         self.step = 0
-        self._beat = time.monotonic()
+        self._beat = clock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         if self.timeout > 0:
-            self._beat = time.monotonic()
+            self._beat = self.clock()
             self._thread = threading.Thread(target=self._run, daemon=True, name="hpctrain-watchdog")
             self._thread.start()
 
     def beat(self, step: int, phase: str) -> None:
-        self.step, self.phase, self._beat = step, phase, time.monotonic()
+        self.step, self.phase, self._beat = step, phase, self.clock()
 
     def enter(self, phase: str) -> None:
         self.phase = phase
 
+    def check(self) -> bool:
+        """End the job (True) if no step completed for ``timeout_s`` by the clock now."""
+        idle = self.clock() - self._beat
+        if idle < self.timeout:
+            return False
+        waiting = "waiting for another rank" if self.phase in ("all-reduce", "collective") else \
+            "this rank itself is stuck"
+        print(f"hpctrain: error (rank {self.rank}): watchdog: no step completed for {idle:.0f} s "
+              f"(fault.watchdog_s={self.timeout:g}) after step {self.step}, stuck in {self.phase} "
+              f"({waiting}); ending the job", file=sys.stderr, flush=True)
+        self.abort()
+        return True
+
     def _run(self) -> None:
         while not self._stop.wait(min(1.0, self.timeout / 4)):
-            idle = time.monotonic() - self._beat
-            if idle >= self.timeout:
-                waiting = "waiting for another rank" if self.phase in ("all-reduce", "collective") else \
-                    "this rank itself is stuck"
-                print(f"hpctrain: error (rank {self.rank}): watchdog: no step completed for {idle:.0f} s "
-                      f"(fault.watchdog_s={self.timeout:g}) after step {self.step}, stuck in {self.phase} "
-                      f"({waiting}); ending the job", file=sys.stderr, flush=True)
-                self.abort()
+            if self.check():
                 return
 
     def stop(self) -> None:

@@ -2,7 +2,7 @@
 
 import os
 import signal
-import time
+import threading
 
 import numpy as np
 import pytest
@@ -123,17 +123,30 @@ def test_signal_only_sets_a_flag():
 
 
 def test_watchdog_fires_only_without_progress(capsys):
+    """The decision, on a clock the test moves: steady beats never fire; the first check at or past
+    watchdog_s without a beat fires once, naming the rank, the last step and the phase."""
+    now = [100.0]
     fired = []
-    dog = Watchdog(FaultConfig(watchdog_s=0.6), rank=3, abort=lambda: fired.append(time.monotonic()))
-    dog.start()
+    dog = Watchdog(FaultConfig(watchdog_s=0.6), rank=3, abort=lambda: fired.append(now[0]), clock=lambda: now[0])
     for step in range(6):  # steady progress: no alarm
-        time.sleep(0.2)
+        now[0] += 0.5
+        assert not dog.check()
         dog.beat(step, "collective")
-    assert not fired
     dog.enter("data")
-    start = time.monotonic()
-    time.sleep(1.2)
-    dog.stop()
-    assert len(fired) == 1 and fired[0] - start < 1.0
+    now[0] += 0.59
+    assert not dog.check() and not fired  # control: just under the limit
+    now[0] += 0.01
+    assert dog.check() and fired == [now[0]]
     err = capsys.readouterr().err
     assert "rank 3" in err and "after step 5, stuck in data (this rank itself is stuck)" in err
+
+
+def test_watchdog_thread_ends_the_job_when_nothing_beats():
+    """The real thread on the real clock: it calls abort by itself (waited for on an event, not a sleep)."""
+    fired = threading.Event()
+    dog = Watchdog(FaultConfig(watchdog_s=0.2), rank=0, abort=fired.set)
+    dog.start()
+    try:
+        assert fired.wait(timeout=10)
+    finally:
+        dog.stop()
