@@ -142,6 +142,13 @@ def _parser() -> argparse.ArgumentParser:
     bc.add_argument("--batch", type=int, help="per-rank batch for every model (default: each model's own)")
     bc.add_argument("--json", help="also write the results to this file")
 
+    from hpctrain import compress, evaluate
+
+    evaluate.add_arguments(sub.add_parser(
+        "evaluate", help="accuracy, size and CPU latency of checkpoints, side by side (N ranks split the data)"))
+    compress.add_arguments(sub.add_parser(
+        "compress", help="int8 / fp16 / bf16 / materialised pruning of a checkpoint, and a torch.export .pt2"))
+
     sub.add_parser("info", help="versions, Horovod build, launcher, rank/size, device, threads (every rank)")
 
     sc = sub.add_parser("scaling", help="weak/strong scaling studies and their reports")
@@ -331,7 +338,19 @@ def cmd_slurm(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"train": cmd_train, "config": cmd_config, "info": cmd_info, "data": cmd_data, "bench": cmd_bench,
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from hpctrain import evaluate
+
+    return evaluate.main(args)
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from hpctrain import compress
+
+    return compress.main(args)
+
+
+COMMANDS = {"evaluate": cmd_evaluate, "compress": cmd_compress, "train": cmd_train, "config": cmd_config, "info": cmd_info, "data": cmd_data, "bench": cmd_bench,
             "slurm": cmd_slurm, "scaling": cmd_scaling}
 
 
