@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpctrain.config import CommConfig, ConfigError, UserError
+from hpctrain.config import CommConfig, ConfigError
+from hpctrain.errors import UserError
 
 log = logging.getLogger(__name__)
 
