@@ -350,8 +350,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return compress.main(args)
 
 
-COMMANDS = {"evaluate": cmd_evaluate, "compress": cmd_compress, "train": cmd_train, "config": cmd_config, "info": cmd_info, "data": cmd_data, "bench": cmd_bench,
-            "slurm": cmd_slurm, "scaling": cmd_scaling}
+COMMANDS = {"train": cmd_train, "config": cmd_config, "info": cmd_info, "data": cmd_data, "bench": cmd_bench,
+            "slurm": cmd_slurm, "scaling": cmd_scaling, "evaluate": cmd_evaluate, "compress": cmd_compress}
 
 
 def main(argv: list[str] | None = None) -> None:

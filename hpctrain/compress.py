@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpctrain.config import CommConfig, ConfigError
+from hpctrain.config import CommConfig
 from hpctrain.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -75,8 +75,6 @@ def check_options(opts: CompressOptions) -> None:
 
 
 def _max_rel_diff(a: Any, b: Any) -> float:
-    import torch
-
     from hpctrain import models
 
     x, y = models.logits_of(a).float(), models.logits_of(b).float()

@@ -20,13 +20,14 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from hpctrain import components, files, inference, models
 from hpctrain.config import CommConfig, ConfigError
-from hpctrain.inference import Loaded
+
+if TYPE_CHECKING:  # torch and the models load only when the command runs, not for `hpctrain --help`
+    import torch
+
+    from hpctrain.inference import Loaded
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,19 @@ def parse_batches(text: str) -> tuple[int, ...]:
     return batches
 
 
-@torch.inference_mode()
 def score(loaded: Loaded, val: Any) -> dict[str, float]:
     """Sums over this rank's share of the evaluation set: loss, correct, predictions, samples, metric."""
+    import torch
+
+    with torch.inference_mode():
+        return _score(loaded, val)
+
+
+def _score(loaded: Loaded, val: Any) -> dict[str, float]:
+    import torch
+
+    from hpctrain import components, models
+
     cfg = loaded.cfg
     loss_fn = models.build_loss(cfg.train.loss)
     metric_fn = components.resolve(cfg.eval.metric, "eval.metric") if cfg.eval.metric else None
@@ -117,10 +128,17 @@ def _quantile(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-@torch.inference_mode()
 def time_models(models_: list[torch.nn.Module], inputs: dict[int, list[tuple[torch.Tensor, ...]]],
                 opts: TimingOptions) -> list[dict[str, Any]]:
     """Latency per model and batch size, interleaved: ``inputs[b][i]`` is model i's input batch of size b."""
+    import torch
+
+    with torch.inference_mode():
+        return _time_models(models_, inputs, opts)
+
+
+def _time_models(models_: list[torch.nn.Module], inputs: dict[int, list[tuple[torch.Tensor, ...]]],
+                 opts: TimingOptions) -> list[dict[str, Any]]:
     n = len(models_)
     for b in opts.batches:
         for i, m in enumerate(models_):
@@ -148,6 +166,8 @@ def time_models(models_: list[torch.nn.Module], inputs: dict[int, list[tuple[tor
 
 
 def describe(loaded: Loaded, label: str) -> dict[str, Any]:
+    from hpctrain import inference
+
     params, nonzero = inference.count_parameters(loaded.model)
     return {"label": label, "path": str(loaded.path), "kind": loaded.kind, "model": loaded.cfg.model.name,
             "compression": loaded.compression, "step": loaded.state.get("step"), "params": params,
@@ -202,6 +222,9 @@ def evaluate(paths: list[str], labels: list[str], data: str, timing: TimingOptio
     """Collective: every rank scores its share of each model's evaluation set; rank 0 times them. The
     result on every rank."""
     import horovod.torch as hvd
+    import torch
+
+    from hpctrain import inference
 
     loaded, vals = [], []
     for path in paths:
@@ -230,8 +253,9 @@ def evaluate(paths: list[str], labels: list[str], data: str, timing: TimingOptio
         val.close()
     ratios(rows)
     spreads = [t["spread"] for r in rows for t in r.get("latency", {}).values()]
-    result["machine"] = {"cpus": os.cpu_count(), "threads": timing.threads if timing else threads, "world_size": rt.size,
-                         "rounds": timing.rounds if timing else 0, "max_spread": max(spreads) if spreads else None,
+    result["machine"] = {"cpus": os.cpu_count(), "threads": timing.threads if timing else threads,
+                         "world_size": rt.size, "rounds": timing.rounds if timing else 0,
+                         "max_spread": max(spreads) if spreads else None,
                          "torch": torch.__version__,
                          "note": os.environ.get("HPCTRAIN_BENCH_NOTE", "")}
     if rt.size > 1:
@@ -240,7 +264,7 @@ def evaluate(paths: list[str], labels: list[str], data: str, timing: TimingOptio
 
 
 def main(args: argparse.Namespace) -> int:
-    from hpctrain import runtime
+    from hpctrain import files, runtime
 
     batches = parse_batches(args.batch)
     labels = args.labels.split(",") if args.labels else list(args.checkpoints)

@@ -128,7 +128,7 @@ def weights_of(model: nn.Module) -> list[torch.Tensor]:
     out = []
     for m in model.modules():
         if is_quantized_linear(m):
-            w, b = m.weight(), m.bias()
+            w, b = m.weight(), m.bias()  # type: ignore[operator]  # methods on quantised Linear
             tensors = [w.int_repr(), *([b] if b is not None else [])]
         else:
             tensors = [p.detach() for p in m.parameters(recurse=False)]

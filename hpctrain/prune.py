@@ -224,20 +224,32 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-def _like(layer: nn.Module, weight_shape: torch.Size, bias: bool) -> nn.Module:
+Layer = nn.Linear | nn.Conv2d
+
+
+def _like(layer: nn.Module, weight_shape: torch.Size, bias: bool) -> Layer:
     """A Linear or Conv2d like ``layer`` but with a weight of ``weight_shape`` (for cut-down layers)."""
     if isinstance(layer, nn.Linear):
         return nn.Linear(weight_shape[1], weight_shape[0], bias=bias)
     assert isinstance(layer, nn.Conv2d)
-    return nn.Conv2d(weight_shape[1], weight_shape[0], layer.kernel_size, layer.stride, layer.padding,  # type: ignore[arg-type]
-                     layer.dilation, 1, bias, layer.padding_mode)
+    conv = nn.Conv2d(weight_shape[1], weight_shape[0], 1, bias=bias, padding_mode=layer.padding_mode)
+    conv.kernel_size, conv.stride, conv.padding, conv.dilation = (layer.kernel_size, layer.stride, layer.padding,
+                                                                  layer.dilation)
+    conv.weight = nn.Parameter(torch.empty(weight_shape))
+    return conv
+
+
+def _layer(model: nn.Module, name: str) -> Layer:
+    layer = model.get_submodule(name)
+    assert isinstance(layer, PRODUCERS)
+    return layer
 
 
 def _removable_units(model: nn.Module, chain: Chain) -> torch.Tensor:
     """Indices of the producer's output units to keep: those whose weights (and bias) are not all zero."""
-    prod = model.get_submodule(chain.producer)
+    prod = _layer(model, chain.producer)
     alive = _row_norms(prod.weight) > 0
-    if getattr(prod, "bias", None) is not None:
+    if prod.bias is not None:
         alive |= prod.bias.detach() != 0
     return torch.nonzero(alive).reshape(-1)
 
@@ -251,19 +263,19 @@ def materialize(model: nn.Module) -> dict[str, tuple[int, int]]:
     chains += _ffn_chains(model)
     shrunk = {}
     for chain in chains:
-        prod, cons = model.get_submodule(chain.producer), model.get_submodule(chain.consumer)
+        prod, cons = _layer(model, chain.producer), _layer(model, chain.consumer)
         keep = _removable_units(model, chain)
-        before = prod.weight.shape[0]
+        before = int(prod.weight.shape[0])
         if len(keep) == before or len(keep) == 0:
             continue
         new_prod = _like(prod, torch.Size([len(keep), *prod.weight.shape[1:]]), prod.bias is not None)
         new_prod.weight.copy_(prod.weight[keep])
-        if prod.bias is not None:
+        if prod.bias is not None and new_prod.bias is not None:
             new_prod.bias.copy_(prod.bias[keep])
         new_cons = _like(cons, torch.Size([cons.weight.shape[0], len(keep), *cons.weight.shape[2:]]),
                          cons.bias is not None)
         new_cons.weight.copy_(cons.weight[:, keep])
-        if cons.bias is not None:
+        if cons.bias is not None and new_cons.bias is not None:
             new_cons.bias.copy_(cons.bias)
         _replace(model, chain.producer, new_prod.to(prod.weight.dtype))
         _replace(model, chain.consumer, new_cons.to(cons.weight.dtype))
@@ -280,5 +292,5 @@ def resize_like(model: nn.Module, shapes: dict[str, torch.Size]) -> None:
             _replace(model, name, _like(layer, shape, layer.bias is not None))
 
 
-def named_producers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+def named_producers(model: nn.Module) -> Iterator[tuple[str, Layer]]:
     return ((n, m) for n, m in model.named_modules() if isinstance(m, PRODUCERS))
