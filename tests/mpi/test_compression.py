@@ -13,7 +13,7 @@ from tests.launch import HPCTRAIN, mpirun, run, summary
 TINY = ["model.name=mlp", "model.input_dim=4", "model.width=3", "model.depth=1", "model.num_classes=2",
         "data.samples=512", "data.val_samples=301", "train.steps=20", "run.report=false", "run.tensorboard=false"]
 SMALL = ["model.name=mlp", "model.input_dim=16", "model.width=64", "model.depth=2", "model.num_classes=4",
-         "data.samples=4096", "data.val_samples=1000", "train.steps=300", "train.batch_size=32",
+         "data.samples=4096", "data.val_samples=1000", "train.steps=200", "train.batch_size=32",
          "run.report=false", "run.tensorboard=false", "run.log_every=50"]
 
 
@@ -97,7 +97,7 @@ def test_int8_bf16_and_export_within_tolerance(tmp_path, small):
 
 def test_structured_pruning_materialises_with_equal_outputs(tmp_path):
     ckpts, s = train(tmp_path / "run", *SMALL, "prune.kind=structured", "prune.sparsity=0.5",
-                     "prune.start_step=50", "prune.end_step=200", "prune.every_steps=25")
+                     "prune.start_step=30", "prune.end_step=120", "prune.every_steps=15")
     assert s["prune"]["masks_sha256_per_rank"][0] == s["prune"]["masks_sha256_per_rank"][1]
     run([HPCTRAIN, "compress", str(ckpts), "--out", str(tmp_path / "small"), "--materialize", "--export"])
     rec = json.loads((tmp_path / "small" / "compress.json").read_text())
