@@ -90,8 +90,9 @@ def compress(src: str, opts: CompressOptions) -> dict[str, Any]:
     check_options(opts)
     ckpt, tensors, state = inference.open_checkpoint(Path(src), "CHECKPOINT")
     if state.get("compression"):
-        raise CompressError(f"CHECKPOINT {ckpt}: is already compressed ({state['compression']}); compress the "
-                            "original checkpoint instead")
+        done = state["compression"]
+        raise CompressError(f"CHECKPOINT {ckpt}: is already compressed (quantize {done.get('quantize')}, dtype "
+                            f"{done.get('dtype')}, from {done.get('source')}); compress the original instead")
     original = inference.rebuild(ckpt, tensors, state, "CHECKPOINT")
     cfg = inference.config_of(ckpt, state)
     rt = runtime.init(CommConfig())

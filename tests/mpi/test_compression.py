@@ -93,6 +93,10 @@ def test_int8_bf16_and_export_within_tolerance(tmp_path, small):
     assert abs(bf16["val_accuracy"] - fp32["val_accuracy"]) <= 0.02
     assert pt2["val_correct"] == bf16["val_correct"] and pt2["kind"] == "export"
     assert int8["params"] == fp32["params"]  # the int8 layers' weights counted as well
+    again = tmp_path / "again"
+    one_line_exit_2(run([HPCTRAIN, "compress", str(tmp_path / "int8"), "--out", str(again), "--dtype", "bf16"],
+                        check=False), "already compressed")
+    assert not again.exists()
 
 
 def test_structured_pruning_materialises_with_equal_outputs(tmp_path):
