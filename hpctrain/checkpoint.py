@@ -65,14 +65,7 @@ def write(root: Path, step: int, tensors: dict[str, Any], state: dict[str, Any])
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-        digests = {}
-        for name in TENSOR_FILES:
-            digests[name] = files.write_synced(tmp / name, _torch_bytes(tensors[name]))
-        digests[STATE_FILE] = files.write_synced(tmp / STATE_FILE, json.dumps(state, indent=1, sort_keys=True).encode())
-        manifest = {"step": step, "files": digests, "written_at": time.time()}
-        files.write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
-        files.fsync_dir(tmp)
+        write_into(tmp, step, tensors, state)
         if final.exists():  # an incomplete leftover of a crashed writer: nothing worth keeping
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -82,6 +75,19 @@ def write(root: Path, step: int, tensors: dict[str, Any], state: dict[str, Any])
         raise CheckpointError(f"{final}: writing the checkpoint failed ({e.strerror or e}); "
                               "the previous checkpoint is intact. Free space or fix permissions") from None
     return final
+
+
+def write_into(path: Path, step: int, tensors: dict[str, Any], state: dict[str, Any]) -> None:
+    """The files of a checkpoint in the new directory ``path``, each fsynced, the manifest last (the caller
+    renames ``path`` into place)."""
+    path.mkdir()
+    digests = {}
+    for name in TENSOR_FILES:
+        digests[name] = files.write_synced(path / name, _torch_bytes(tensors[name]))
+    digests[STATE_FILE] = files.write_synced(path / STATE_FILE, json.dumps(state, indent=1, sort_keys=True).encode())
+    manifest = {"step": step, "files": digests, "written_at": time.time()}
+    files.write_synced(path / MANIFEST, json.dumps(manifest, indent=1).encode())
+    files.fsync_dir(path)
 
 
 def verify(path: Path) -> str | None:
