@@ -65,14 +65,7 @@ def write(root: Path, step: int, tensors: dict[str, Any], state: dict[str, Any])
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-        digests = {}
-        for name in TENSOR_FILES:
-            digests[name] = files.write_synced(tmp / name, _torch_bytes(tensors[name]))
-        digests[STATE_FILE] = files.write_synced(tmp / STATE_FILE, json.dumps(state, indent=1, sort_keys=True).encode())
-        manifest = {"step": step, "files": digests, "written_at": time.time()}
-        files.write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1).encode())
-        files.fsync_dir(tmp)
+        write_into(tmp, step, tensors, state)
         if final.exists():  # an incomplete leftover of a crashed writer: nothing worth keeping
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -82,6 +75,19 @@ def write(root: Path, step: int, tensors: dict[str, Any], state: dict[str, Any])
         raise CheckpointError(f"{final}: writing the checkpoint failed ({e.strerror or e}); "
                               "the previous checkpoint is intact. Free space or fix permissions") from None
     return final
+
+
+def write_into(path: Path, step: int, tensors: dict[str, Any], state: dict[str, Any]) -> None:
+    """The files of a checkpoint in the new directory ``path``, each fsynced, the manifest last (the caller
+    renames ``path`` into place)."""
+    path.mkdir()
+    digests = {}
+    for name in TENSOR_FILES:
+        digests[name] = files.write_synced(path / name, _torch_bytes(tensors[name]))
+    digests[STATE_FILE] = files.write_synced(path / STATE_FILE, json.dumps(state, indent=1, sort_keys=True).encode())
+    manifest = {"step": step, "files": digests, "written_at": time.time()}
+    files.write_synced(path / MANIFEST, json.dumps(manifest, indent=1).encode())
+    files.fsync_dir(path)
 
 
 def verify(path: Path) -> str | None:
@@ -428,52 +434,58 @@ class Watchdog:
 
     WAITS = ("all-reduce", "collective")  # phases in which this rank waits for the others
 
-    def __init__(self, cfg: FaultConfig, rank: int, abort: Any) -> None:
+    def __init__(self, cfg: FaultConfig, rank: int, abort: Any, clock: Any = time.monotonic) -> None:
         self.timeout = cfg.watchdog_s
         self.peer_timeout = cfg.peer_timeout_s
         self.rank = rank
         self.abort = abort
+        self.clock = clock  # seconds, monotonic; tests pass their own to decide without waiting
         self.phase = "start-up"
         self.step = 0
         self._first_step: int | None = None
-        self._beat = self._entered = time.monotonic()
+        self._beat = self._entered = clock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         if self.timeout > 0 or self.peer_timeout > 0:
-            self._beat = self._entered = time.monotonic()
+            self._beat = self._entered = self.clock()
             self._thread = threading.Thread(target=self._run, daemon=True, name="hpctrain-watchdog")
             self._thread.start()
 
     def beat(self, step: int, phase: str) -> None:
         if self._first_step is None:
             self._first_step = step
-        self.step, self.phase, self._beat = step, phase, time.monotonic()
+        self.step, self.phase, self._beat = step, phase, self.clock()
         self._entered = self._beat
 
     def enter(self, phase: str) -> None:
-        self.phase, self._entered = phase, time.monotonic()
+        self.phase, self._entered = phase, self.clock()
+
+    def check(self) -> bool:
+        """End the job (True) if no step completed for ``timeout_s``, or this rank has waited for the others
+        for ``peer_timeout_s``, by the clock now."""
+        now = self.clock()
+        idle, waited, phase = now - self._beat, now - self._entered, self.phase
+        if self.timeout and idle >= self.timeout:
+            waiting = "waiting for another rank" if phase in self.WAITS else "this rank itself is stuck"
+            why = (f"no step completed for {idle:.0f} s (fault.watchdog_s={self.timeout:g}) after step "
+                   f"{self.step}, stuck in {phase} ({waiting})")
+        elif self.peer_timeout and phase in self.WAITS and waited >= self.peer_timeout \
+                and self._first_step is not None and self.step > self._first_step:
+            why = (f"waited {waited:.1f} s for the other ranks in the {phase} after step {self.step} "
+                   f"(fault.peer_timeout_s={self.peer_timeout:g}): a rank or its node is lost or stuck")
+        else:
+            return False
+        print(f"hpctrain: error (rank {self.rank}): watchdog: {why}; ending the job", file=sys.stderr, flush=True)
+        self.abort()
+        return True
 
     def _run(self) -> None:
         limits = [t for t in (self.timeout, self.peer_timeout) if t > 0]
         while not self._stop.wait(min(1.0, min(limits) / 4)):
-            now = time.monotonic()
-            idle, waited, phase = now - self._beat, now - self._entered, self.phase
-            if self.timeout and idle >= self.timeout:
-                waiting = "waiting for another rank" if phase in self.WAITS else "this rank itself is stuck"
-                why = (f"no step completed for {idle:.0f} s (fault.watchdog_s={self.timeout:g}) after step "
-                       f"{self.step}, stuck in {phase} ({waiting})")
-            elif self.peer_timeout and phase in self.WAITS and waited >= self.peer_timeout \
-                    and self._first_step is not None and self.step > self._first_step:
-                why = (f"waited {waited:.1f} s for the other ranks in the {phase} after step {self.step} "
-                       f"(fault.peer_timeout_s={self.peer_timeout:g}): a rank or its node is lost or stuck")
-            else:
-                continue
-            print(f"hpctrain: error (rank {self.rank}): watchdog: {why}; ending the job", file=sys.stderr,
-                  flush=True)
-            self.abort()
-            return
+            if self.check():
+                return
 
     def stop(self) -> None:
         self._stop.set()

@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 
-from hpctrain import bench, errors, slurm
+from hpctrain import bench, compress, errors, evaluate, slurm
 from hpctrain import config as config_mod
 from hpctrain.data import commands as data_commands
 from hpctrain.errors import EXIT_FAILURE, EXIT_OK, EXIT_REQUEUE, EXIT_USAGE, env_rank  # noqa: F401 - the codes, here too
@@ -61,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("overrides", nargs="*", metavar="section.key=value")
 
     sub.add_parser("info", help="versions, Horovod build, launcher, rank/size, device, threads (every rank)")
+    evaluate.add_arguments(sub.add_parser(
+        "evaluate", help="accuracy, size and CPU latency of checkpoints, side by side (N ranks split the data)"))
+    compress.add_arguments(sub.add_parser(
+        "compress", help="int8 / fp16 / bf16 / materialised pruning of a checkpoint, and a torch.export .pt2"))
     data_commands.add_arguments(sub.add_parser(
         "data", help="create, convert, check, stage and describe sharded HDF5 datasets"))
     bench.add_arguments(sub.add_parser("bench", help="benchmarks that print side-by-side ratios"))
@@ -98,7 +102,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "config": cmd_config, "info": cmd_info, "data": data_commands.main,
-            "bench": bench.main, "slurm": slurm.main, "scaling": scaling_commands.main}
+            "bench": bench.main, "slurm": slurm.main, "scaling": scaling_commands.main, "evaluate": evaluate.main,
+            "compress": compress.main}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -220,8 +220,8 @@ class OptimConfig:
     power: float = _f(1.0, "poly: exponent")
     step_size: int = _f(0, "step: decay every N steps after warm-up")
     gamma: float = _f(0.1, "step: multiply by this at every decay")
-    fused: bool = _f(True, "sgd, adamw: PyTorch's fused update kernel (one pass over the parameters; on CPU "
-                           "about 1.5x faster than the per-tensor loop for large models)")
+    fused: bool = _f(True, "sgd, adamw: PyTorch's fused update kernel (one pass over the parameters instead of "
+                           "a loop over tensors: faster for large models, docs/performance.md)")
 
     def __post_init__(self) -> None:
         _check(self.lr > 0 and math.isfinite(self.lr), "optim.lr", "must be a positive number")
@@ -308,6 +308,28 @@ class DistillConfig:
 
 
 @dataclass
+class PruneConfig:
+    kind: Literal["none", "unstructured", "structured"] = _f(
+        "none", "pruning during training: unstructured = global magnitude over Linear/Conv weights; structured = "
+                "whole rows, channels and attention heads (cut out later by `hpctrain compress --materialize`)")
+    sparsity: float = _f(0.5, "target fraction pruned, in [0, 1): of all weights (unstructured) or of each "
+                              "layer's rows, channels or heads (structured)")
+    start_step: int = _f(0, "step at which pruning starts (sparsity 0 there)")
+    end_step: int = _f(0, "step at which the target sparsity is reached; fine-tuning goes on after it with the "
+                          "masks fixed (must not exceed train.steps)")
+    every_steps: int = _f(10, "recompute the masks every N steps between start_step and end_step (Zhu & Gupta's "
+                              "cubic schedule)")
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.sparsity < 1.0, "prune.sparsity", f"must be in [0, 1), got {self.sparsity!r}")
+        _check(self.start_step >= 0, "prune.start_step", "must be >= 0")
+        _check(self.end_step >= self.start_step, "prune.end_step", f"must be >= prune.start_step={self.start_step}")
+        _check(self.every_steps >= 1, "prune.every_steps", "must be >= 1")
+        _check(self.kind == "none" or self.end_step >= 1, "prune.end_step",
+               "must be >= 1 when pruning (the step at which the target sparsity is reached)")
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -319,8 +341,11 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
 
     def __post_init__(self) -> None:
+        _check(self.prune.kind == "none" or self.prune.end_step <= self.train.steps, "prune.end_step",
+               f"{self.prune.end_step} is beyond train.steps={self.train.steps}: the target would never be reached")
         # Staging waits for the node's local rank 0; a worker joining an elastic run cannot wait with the others.
         _check(not (self.fault.elastic and self.data.stage_dir), "data.stage_dir",
                "not supported with fault.elastic = true: stage the dataset before the job, or read it in place")
@@ -370,6 +395,9 @@ def ineffective(cfg: Config, world_size: int) -> list[str]:
              "for a model given by import path: give its arguments in [model.args]")
     if not cfg.distill.teacher:
         note("distill", _changed(cfg.distill, "temperature", "alpha"), "without distill.teacher")
+    if cfg.prune.kind == "none":
+        note("prune", _changed(cfg.prune, "sparsity", "start_step", "end_step", "every_steps"),
+             "with prune.kind = \"none\"")
     c = cfg.checkpoint
     if not (c.every_steps or c.every_minutes or c.at_end):
         note("checkpoint", _changed(c, "keep", "async_write", "on_error", "dir"),

@@ -65,9 +65,8 @@ class Runtime:
 
 # Horovod's background thread wakes every cycle even when it has nothing to do. With one rank nothing waits
 # on it (no gradient all-reduces; hpctrain skips its own per-step collectives there), but at a 1 ms cycle its
-# wake-ups interrupt the compute threads (measured on the CNN with 2 intra-op threads on 2 cores: 9,100
-# involuntary switches of the second compute thread in 12 s at 1 ms, 1,070 at 20 ms). A one-off collective
-# (start, checkpoint, evaluation) waits at most this long.
+# wake-ups interrupt the compute threads (docs/performance.md, "Where the time goes", has the measurements).
+# A one-off collective (start, checkpoint, evaluation) waits at most this long.
 SINGLE_RANK_CYCLE_MS = 20.0
 
 
@@ -109,9 +108,8 @@ def keep_freed_memory(mb: int) -> bool:
     for reuse; False where the C library is not glibc or refuses.
 
     By default glibc unmaps large freed blocks and trims the heap, so a training step, which allocates the
-    same batch and activation sizes every time, faults its memory in afresh each step: measured on the
-    1-rank CNN, 5,500 page faults a second and ~6% of the time in the kernel (page faults are dear in a VM);
-    with this, 0.4 a second and 15% more samples/s. The process keeps what its peak step used anyway."""
+    same batch and activation sizes every time, faults its memory in afresh each step (page faults are dear
+    in a VM; docs/performance.md has what it costs). The process keeps what its peak step used anyway."""
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):
@@ -138,7 +136,7 @@ def init(comm: CommConfig, env: MutableMapping[str, str] | None = None, watchdog
     on_gpu = torch.cuda.is_available()
     if not on_gpu and comm.yield_when_idle:
         # dist: OpenMPI busy-polls while waiting; on CPU runs that steals the cores the model computes
-        # on (0.7x DDP throughput on 2 ranks / 2 cores without this). Read by MPI_Init, so set it here.
+        # on (docs/performance.md). Read by MPI_Init, so set it here.
         env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
     _horovod_env(comm, env, watchdog_s, elastic, info.size)
     if malloc_keep_mb and not keep_freed_memory(malloc_keep_mb):

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import hpctrain
-from hpctrain import checkpoint, components, dist, distill, models, optim, runtime
+from hpctrain import checkpoint, components, dist, distill, models, optim, prune, runtime
 from hpctrain import config as config_mod
 from hpctrain.checkpoint import Checkpointer, CheckpointError, StopFlag, StopVote, Watchdog, capture_rng, restore_rng
 from hpctrain.config import Config, ConfigError
@@ -125,6 +125,8 @@ class Trainer:
             rt.agree(lambda: components.resolve(cfg.data.transform, "data.transform")) if cfg.data.transform
             else None)
         self.optimizer = optim.build(self.model, cfg.optim, cfg.comm, cfg.train.grad_accum)
+        self.pruner = (rt.agree(lambda: prune.Pruner(cfg.prune, self.model)) if cfg.prune.kind != "none"
+                       else None)
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.precision]
         if cfg.train.precision == "fp16" and rt.device.type == "cpu" and rt.is_root:
             log.warning("train.precision = \"fp16\" on a CPU: autocast runs about 27x slower than bf16 here; "
@@ -278,7 +280,8 @@ class Trainer:
         rngs = hvd.allgather_object(capture_rng(), name="hpctrain.rng")  # dist
         tensors = {"model.pt": self.model.state_dict(), "optimizer.pt": self.optimizer.state_dict(),
                    "extra.pt": {"rng": rngs, "lr_scheduler": {},  # the schedule: a function of samples_seen
-                                "loss_scaler": self.scaler.state_dict() if self.scaler else {}}}
+                                "loss_scaler": self.scaler.state_dict() if self.scaler else {},
+                                "prune": self.pruner.state_dict() if self.pruner else {}}}
         state = {"step": self.step, "world_size": self.rt.size, "batch_size": self.cfg.train.batch_size,
                  "samples_seen": self.samples_before(self.step), "schedule_batch": self.schedule_batch,
                  "data": self.data.train.state_dict(),
@@ -309,6 +312,8 @@ class Trainer:
             raise CheckpointError(f"{path}: does not fit this run ({first}); resume with the config it was "
                                   "written with, or start fresh with --resume never", agreed=True) from None
         rngs = tensors["extra.pt"]["rng"]
+        if self.pruner is not None:
+            self.pruner.load_state_dict(tensors["extra.pt"].get("prune", {}))
         if self.scaler and tensors["extra.pt"].get("loss_scaler"):
             self.scaler.load_state_dict(tensors["extra.pt"]["loss_scaler"])
         if state["world_size"] == self.rt.size:
@@ -437,6 +442,8 @@ class Trainer:
             self.watchdog.enter("forward/backward")
             loss = self.train_step(inputs, target)
             self.step += 1
+            if self.pruner is not None:  # masks from this rank's replica: identical on every rank
+                self.pruner.update(self.step)
             self.watchdog.beat(self.step, "collective")
             self.metrics.step_done(self.step, loss, self.optimizer.param_groups[0]["lr"], self.phase_s)
             if self.data.val is not None and cfg.eval.every_steps and self.step % cfg.eval.every_steps == 0 \
@@ -543,7 +550,8 @@ class Trainer:
         # dist: per-rank values that must agree (the parameters; fp16 skipped steps and loss scale; the clipped
         # norm): a difference means a broken broadcast, a lost update or ranks that took different decisions
         per_rank = hvd.allgather_object((digest, self.skipped_steps, self.grad_norm,
-                                         self.scaler.get_scale() if self.scaler else None), name="hpctrain.final")
+                                         self.scaler.get_scale() if self.scaler else None,
+                                         self.pruner.digest() if self.pruner else None), name="hpctrain.final")
         digests = [r[0] for r in per_rank]
         if len(set(digests)) > 1 and self.rt.is_root:
             log.error("parameters differ between ranks at the end (ranks %s differ from rank 0)",
@@ -575,6 +583,8 @@ class Trainer:
         extra["skipped_steps_per_rank"] = [r[1] for r in per_rank]
         extra["grad_norm_per_rank"] = [r[2] for r in per_rank]
         extra["loss_scale_per_rank"] = [r[3] for r in per_rank]
+        if self.pruner is not None:
+            extra["prune"] = {**self.pruner.summary(), "masks_sha256_per_rank": [r[4] for r in per_rank]}
         self._wait_for_checkpoint()  # the summary counts an async checkpoint once it is on disk
         extra["checkpoints"] = {"written": self.checkpointer.stats.count,
                                 "stall_s": self.checkpointer.stats.stall_s,

@@ -305,7 +305,7 @@ def main(args: argparse.Namespace) -> int:
     if args.iters < 0 or args.warmup < 0:
         raise UserError("--iters and --warmup must be >= 0")
     # dist: the set-up of training, except OpenMPI's yield-when-idle: with it, a raw MPI call made while
-    # Horovod's background thread runs often stalls ~8 ms (measured), which would make raw MPI a straw man.
+    # Horovod's background thread runs often stalls for milliseconds, which would make raw MPI a straw man.
     rt = runtime.init(CommConfig(yield_when_idle=False))
     mpi_world = None
     if "mpi" in args.impl:

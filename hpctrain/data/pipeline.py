@@ -323,13 +323,31 @@ def build(cfg: DataConfig, opts: BatchOptions, rt: World, spec: SampleShape | No
     elif val_path:
         validation, desc["val"] = _file_validation(cfg, opts, rt, spec, model, val_path)
     elif train is None and not train_path and cfg.val_samples > 0:
-        shape = _synthetic_shape(cfg, spec)
-        arrays = synthetic.samples(cfg.val_samples, shape.input_shape, shape.num_classes, opts.seed,
-                                   shape.tokens, sample_seed=(opts.seed, 7_000_003))
-        validation = ValidationSet(opts.eval_batch_size, eval_ids(cfg.val_samples, rt.rank, rt.size),
-                                   lambda ids: ((arrays[0][ids],), arrays[1][ids]))
-        desc["val"] = {"source": "synthetic", "samples": cfg.val_samples}
+        validation, desc["val"] = _synthetic_validation(cfg, opts, rt, spec)
     return DataPipeline(source, validation, desc)
+
+
+def validation_only(cfg: DataConfig, opts: BatchOptions, rt: World, spec: SampleShape | None, model: str,
+                    path: str) -> tuple[ValidationSet, dict[str, Any]] | None:
+    """A validation set alone, no training source opened (``hpctrain evaluate``, ``compress``): the dataset
+    directory ``path``, else the section's validation data (``data.val_path``, or synthetic
+    ``data.val_samples``); None when there is none."""
+    path = path or cfg.val_path
+    if path:
+        return _file_validation(cfg, opts, rt, spec, model, path)
+    if not cfg.reads_files and cfg.val_samples > 0:
+        return _synthetic_validation(cfg, opts, rt, spec)
+    return None
+
+
+def _synthetic_validation(cfg: DataConfig, opts: BatchOptions, rt: World,
+                          spec: SampleShape | None) -> tuple[ValidationSet, dict[str, Any]]:
+    shape = _synthetic_shape(cfg, spec)
+    arrays = synthetic.samples(cfg.val_samples, shape.input_shape, shape.num_classes, opts.seed,
+                               shape.tokens, sample_seed=(opts.seed, 7_000_003))
+    validation = ValidationSet(opts.eval_batch_size, eval_ids(cfg.val_samples, rt.rank, rt.size),
+                               lambda ids: ((arrays[0][ids],), arrays[1][ids]))
+    return validation, {"source": "synthetic", "samples": cfg.val_samples}
 
 
 def _synthetic_shape(cfg: DataConfig, spec: SampleShape | None) -> SampleShape:

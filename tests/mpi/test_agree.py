@@ -2,6 +2,8 @@
 
 import sys
 
+import pytest
+
 from tests.launch import mpirun, run
 
 SCRIPT = """
@@ -11,7 +13,7 @@ from hpctrain.errors import UserError
 rt = runtime.init(CommConfig())
 
 def check():
-    if rt.rank == 1:
+    if rt.rank == rt.size - 1:
         raise UserError("/data/shard-00001.h5: missing on this node")
     return "ok"
 
@@ -23,7 +25,10 @@ except UserError as e:
 """
 
 
-def test_an_error_on_one_rank_is_raised_on_every_rank():
-    out = run(mpirun(2, sys.executable, "-c", SCRIPT), timeout=60).stdout
-    assert "rank 0: agreed=True: /data/shard-00001.h5: missing on this node" in out
-    assert "rank 1: agreed=True: /data/shard-00001.h5: missing on this node" in out
+@pytest.mark.parametrize("world", [2, 3])
+def test_an_error_on_one_rank_is_raised_on_every_rank(world):
+    """The last rank alone fails; with 3 ranks, a rank that neither failed nor is rank 0 hears of it too."""
+    out = run(mpirun(world, sys.executable, "-c", SCRIPT), timeout=60).stdout
+    for rank in range(world):
+        assert f"rank {rank}: agreed=True: /data/shard-00001.h5: missing on this node" in out, out
+    assert "no error" not in out

@@ -14,10 +14,12 @@ from tests.data_helpers import make_dataset
 from tests.launch import HPCTRAIN, REPO, env, mpirun, run, summary, wait_for
 
 
-def test_parallel_synth_writes_the_same_bytes_as_serial(tmp_path):
+@pytest.mark.parametrize("world", [2, 3])
+def test_parallel_synth_writes_the_same_bytes_as_serial(tmp_path, world):
+    """2 ranks share 3 shards unevenly; 3 ranks write one each."""
     args = ["data", "synth", "--task", "images", "--samples", "600", "--shards", "3", "--seed", "9"]
     run([HPCTRAIN, *args, str(tmp_path / "serial")])
-    run(mpirun(2, HPCTRAIN, *args, str(tmp_path / "parallel")))
+    run(mpirun(world, HPCTRAIN, *args, str(tmp_path / "parallel")))
     for f in sorted((tmp_path / "serial").iterdir()):
         assert f.read_bytes() == (tmp_path / "parallel" / f.name).read_bytes(), f.name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["parallel", "serial"]  # no temporaries left

@@ -1,5 +1,6 @@
-"""The defining property of data-parallel training, on real ranks: k SGD steps on 2 ranks with per-rank
-batch B give the weights of k steps on 1 rank with batch 2B over the same samples."""
+"""The defining property of data-parallel training, on real ranks: k SGD steps on W ranks with per-rank
+batch B give the weights of k steps on 1 rank with batch W·B over the same samples (W = 2, and 3: an odd
+world, where the ring's chunks and the sampler's interleave do not split evenly)."""
 
 import pytest
 import torch
@@ -19,22 +20,28 @@ def max_abs_diff(a, b):
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-@pytest.fixture(scope="module")
-def one_rank_double_batch(tmp_path_factory):
-    d = tmp_path_factory.mktemp("one")
-    run([HPCTRAIN, "train", *COMMON, f"train.batch_size={2 * B}", f"run.dir={d}"])
+def one_rank(tmp_path_factory, world):
+    d = tmp_path_factory.mktemp(f"one-{world}")
+    run([HPCTRAIN, "train", *COMMON, f"train.batch_size={world * B}", f"run.dir={d}"])
     return weights(d)
 
 
-@pytest.mark.parametrize("compression, tolerance", [
-    ("none", 1e-6),  # fp32: only summation order differs (measured 3e-8)
-    ("fp16", 2e-3),  # gradients rounded to fp16 (2^-11 relative) on the wire, 8 steps (measured 5.4e-4)
+@pytest.fixture(scope="module")
+def one_rank_double_batch(tmp_path_factory):
+    return one_rank(tmp_path_factory, 2)
+
+
+@pytest.mark.parametrize("world, compression, tolerance", [
+    (2, "none", 1e-6),  # fp32: only summation order differs (measured 3e-8)
+    (3, "none", 1e-6),
+    (2, "fp16", 2e-3),  # gradients rounded to fp16 (2^-11 relative) on the wire, 8 steps (measured 5.4e-4)
 ])
-def test_two_ranks_match_one_rank_with_double_batch(tmp_path, one_rank_double_batch, compression, tolerance):
-    run(mpirun(2, HPCTRAIN, "train", *COMMON, f"train.batch_size={B}", f"comm.compression={compression}",
+def test_w_ranks_match_one_rank_with_w_times_the_batch(tmp_path, tmp_path_factory, one_rank_double_batch, world,
+                                                      compression, tolerance):
+    reference = one_rank_double_batch if world == 2 else one_rank(tmp_path_factory, world)
+    run(mpirun(world, HPCTRAIN, "train", *COMMON, f"train.batch_size={B}", f"comm.compression={compression}",
                f"run.dir={tmp_path}"))
-    two = weights(tmp_path)
-    assert max_abs_diff(two, one_rank_double_batch) < tolerance
+    assert max_abs_diff(weights(tmp_path), reference) < tolerance
 
 
 def test_tolerance_detects_a_different_batch(tmp_path, one_rank_double_batch):

@@ -37,18 +37,28 @@ def test_two_rank_training(tmp_path, launcher, cmd, controller):
 
 
 def test_single_process_and_two_ranks_write_the_same_summary_keys(tmp_path):
-    run([HPCTRAIN, "train", *SMALL, f"run.dir={tmp_path}"])
-    s = summary(tmp_path)
-    for key in ("final_loss", "steps", "world_size", "samples_per_sec", "params_sha256"):
-        assert key in s
-    assert s["world_size"] == 1 and s["launcher"] == "single" and len(s["params_sha256"]) == 64
+    """A report reading summary.json must not care how many ranks wrote it: one process and two ranks of the
+    same run give the same keys, with values that say which is which."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    run([HPCTRAIN, "train", *SMALL, f"run.dir={one}"])
+    run(mpirun(2, HPCTRAIN, "train", *SMALL, f"run.dir={two}"))
+    s1, s2 = summary(one), summary(two)
+    assert sorted(s1) == sorted(s2)
+    assert (s1["world_size"], s1["launcher"], s2["world_size"], s2["launcher"]) == (1, "single", 2, "openmpi")
+    assert s2["global_batch_size"] == 2 * s1["global_batch_size"]
+    assert len(s1["params_sha256"]) == len(s2["params_sha256"]) == 64
 
 
 def test_info_reports_every_rank():
+    import re
+
+    import horovod
+
     out = run(mpirun(2, HPCTRAIN, "info")).stdout
-    assert "horovod     0.28.1 built with: mpi=yes, gloo=yes" in out
-    assert "launcher    openmpi; controller mpi; world size 2" in out
-    assert "rank 0/2" in out and "rank 1/2" in out
+    fields = {m[1]: m[2] for m in re.finditer(r"^(\w+)\s+(.*)$", out, re.M)}
+    assert fields["horovod"].startswith(f"{horovod.__version__} built with: mpi=yes")
+    assert re.search(r"launcher\s+openmpi; controller mpi; world size 2", out)
+    assert re.search(r"^rank 0/2 .*host \S+", out, re.M) and re.search(r"^rank 1/2 ", out, re.M)
     assert "MPI library: Open MPI" in out and "\0" not in out  # plain text: Open MPI's version ends in a NUL
 
 

@@ -2,7 +2,7 @@
 
 import os
 import signal
-import time
+import threading
 
 import numpy as np
 import pytest
@@ -123,38 +123,55 @@ def test_signal_only_sets_a_flag():
 
 
 def test_watchdog_fires_only_without_progress(capsys):
+    """The decision, on a clock the test moves: steady beats never fire; the first check at or past
+    watchdog_s without a beat fires once, naming the rank, the last step and the phase."""
+    now = [100.0]
     fired = []
-    dog = Watchdog(FaultConfig(watchdog_s=0.6), rank=3, abort=lambda: fired.append(time.monotonic()))
-    dog.start()
+    dog = Watchdog(FaultConfig(watchdog_s=0.6), rank=3, abort=lambda: fired.append(now[0]), clock=lambda: now[0])
     for step in range(6):  # steady progress: no alarm
-        time.sleep(0.2)
+        now[0] += 0.5
+        assert not dog.check()
         dog.beat(step, "collective")
-    assert not fired
     dog.enter("data")
-    start = time.monotonic()
-    time.sleep(1.2)
-    dog.stop()
-    assert len(fired) == 1 and fired[0] - start < 1.0
+    now[0] += 0.59
+    assert not dog.check() and not fired  # control: just under the limit
+    now[0] += 0.01
+    assert dog.check() and fired == [now[0]]
     err = capsys.readouterr().err
     assert "rank 3" in err and "after step 5, stuck in data (this rank itself is stuck)" in err
 
 
 def test_peer_timeout_ends_a_wait_for_the_others_but_not_slow_work_or_the_first_step(capsys):
     """fault.peer_timeout_s bounds one wait in the all-reduce (a lost node); a rank busy with its own data or
-    compute for as long is left to fault.watchdog_s, and so is the first step (compilation, warm-up)."""
+    compute for as long is left to fault.watchdog_s, and so is the first step (compilation, warm-up). On a
+    clock the test moves."""
+    now = [0.0]
     fired = []
-    dog = Watchdog(FaultConfig(watchdog_s=30, peer_timeout_s=0.4), rank=1, abort=lambda: fired.append(1))
-    dog.start()
+    dog = Watchdog(FaultConfig(watchdog_s=30, peer_timeout_s=0.5), rank=1, abort=lambda: fired.append(now[0]),
+                   clock=lambda: now[0])
     dog.enter("all-reduce")  # the first step's wait: not judged by the peer timeout
-    time.sleep(0.7)
+    now[0] = 1.0
+    assert not dog.check()
     dog.beat(1, "collective")
     dog.enter("data")  # this rank's own slow work
-    time.sleep(0.7)
-    assert not fired
+    now[0] = 2.0
+    assert not dog.check()
     dog.beat(2, "collective")
     dog.enter("all-reduce")
-    time.sleep(0.8)
-    dog.stop()
-    assert fired == [1]
-    assert "s for the other ranks in the all-reduce after step 2 (fault.peer_timeout_s=0.4)" in \
+    now[0] = 2.25
+    assert not dog.check() and not fired  # control: under the limit
+    now[0] = 2.5
+    assert dog.check() and fired == [2.5]
+    assert "waited 0.5 s for the other ranks in the all-reduce after step 2 (fault.peer_timeout_s=0.5)" in \
         capsys.readouterr().err
+
+
+def test_watchdog_thread_ends_the_job_when_nothing_beats():
+    """The real thread on the real clock: it calls abort by itself (waited for on an event, not a sleep)."""
+    fired = threading.Event()
+    dog = Watchdog(FaultConfig(watchdog_s=0.2), rank=0, abort=fired.set)
+    dog.start()
+    try:
+        assert fired.wait(timeout=10)
+    finally:
+        dog.stop()

@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""int8 dynamic quantisation of Linear layers on CPU: torch.ao's quantize_dynamic against torchao's
+Int8DynamicActivationInt8WeightConfig (eager, no torch.compile), both against fp32; interleaved rounds on one
+thread (hpctrain.evaluate's timer), a digits-size MLP and a wide one, random weights (speed only).
+
+    .venv/bin/pip install --no-deps torchao==0.18.0   # not a dependency of hpctrain: measured, not chosen
+    .venv/bin/python scaling_studies/int8_backends.py > scaling_studies/results/compression/int8-backends.txt
+"""
+
+import copy
+import warnings
+
+import torch
+from torch import nn
+
+from hpctrain.evaluate import TimingOptions, time_models
+from hpctrain.inference import quantize_int8
+
+
+def mlp(width: int, depth: int) -> nn.Module:
+    layers: list[nn.Module] = []
+    dim = 64
+    for _ in range(depth):
+        layers += [nn.Linear(dim, width), nn.ReLU()]
+        dim = width
+    return nn.Sequential(*layers, nn.Linear(dim, 10)).eval()
+
+
+def torchao_int8(model: nn.Module) -> nn.Module | None:
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    except ImportError:
+        return None
+    m = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_(m, Int8DynamicActivationInt8WeightConfig())
+    return m
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    opts = TimingOptions(batches=(1, 64), rounds=5, min_time_s=0.2)
+    print("fp32 vs int8 dynamic (Linear), 1 thread, median of every call over 5 interleaved rounds; shared 2-core VM")
+    for name, model in (("digits MLP 64-128-128-10", mlp(128, 2)), ("wide MLP 64-2048x3-10", mlp(2048, 3))):
+        variants = {"fp32": model, "torch.ao quantize_dynamic": quantize_int8(copy.deepcopy(model))}
+        ao = torchao_int8(model)
+        if ao is not None:
+            variants["torchao Int8DynamicActivationInt8Weight (eager)"] = ao
+        inputs = {b: [(torch.randn(b, 64),)] * len(variants) for b in opts.batches}
+        times = time_models(list(variants.values()), inputs, opts)
+        base = times[0]
+        print(f"\n{name}")
+        for label, t in zip(variants, times, strict=True):
+            cells = [f"b={b}: {t[str(b)]['p50_ms']:.4f} ms ({base[str(b)]['p50_ms'] / t[str(b)]['p50_ms']:.2f}x)"
+                     for b in opts.batches]
+            print(f"  {label:50s} " + "  ".join(cells))
+        if ao is None:
+            print("  torchao not installed: not measured")
+
+
+if __name__ == "__main__":
+    main()
