@@ -131,6 +131,9 @@ def _parser() -> argparse.ArgumentParser:
                          "data.num_classes=N, train.batch_size=N (after --batch), train.seed=N, model.args.K=V")
     bc.add_argument("--ranks", default="1,2", help="comma list of rank counts")
     bc.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
+    bc.add_argument("--until-ci", type=float, metavar="W", help="after --rounds (at least 3), add rounds until "
+                    "every samples/s ratio's 95%% interval is within +-W of its estimate (e.g. 0.03)")
+    bc.add_argument("--max-rounds", type=int, default=20, help="with --until-ci: stop after this many rounds")
     bc.add_argument("--steps", type=int, help="steps per run (default: mlp-21m 150, cnn 500, transformer 100, "
                                                "--model 200; 5 warm-up steps are not timed)")
     bc.add_argument("--impls", help="hpctrain first, then api (hpctrain.fit from a script, mpirun) and peers: "
