@@ -208,16 +208,16 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from hpctrain import runtime
+    from hpctrain.info import info_report
 
-    report = runtime.info_report(config_mod.CommConfig())
+    report = info_report(config_mod.CommConfig())
     if report is not None:
         print(report)
     return EXIT_OK
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from hpctrain import runtime
+    from hpctrain import dist
     from hpctrain.data import format as fmt
     from hpctrain.data import sources, writer
     from hpctrain.data.format import DataError
@@ -230,12 +230,12 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "inspect":
         print(fmt.describe(args.path))
         return EXIT_OK
-    comm = runtime.mpi_comm()
+    comm = dist.mpi_comm()
     rank = comm.Get_rank() if comm is not None else 0
     if args.data_command == "stage":
         from hpctrain.data.stage import stage
 
-        local = comm.Split_type(2) if comm is not None else None  # MPI.COMM_TYPE_SHARED: ranks of this node
+        local = dist.node_comm(comm)
         path = stage(args.path, args.dest, local.Get_rank() if local else 0,
                      local.Barrier if local else (lambda: None))
         if rank == 0:

@@ -22,17 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-
-class UserError(Exception):
-    """An error the user can fix (bad input, config, data or launch); the CLI exits 2 with its message.
-
-    ``agreed=True`` says every rank raised it together (after a collective check), so the job can end
-    cleanly on every rank; otherwise one rank may be alone with it and the CLI aborts the MPI world.
-    """
-
-    def __init__(self, message: str, agreed: bool = False) -> None:
-        super().__init__(message)
-        self.agreed = agreed
+from hpctrain.errors import UserError
 
 
 class ConfigError(UserError):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hpctrain import plots
-from hpctrain.config import UserError
+from hpctrain.errors import UserError
 from hpctrain.files import read_jsonl, read_text, write_atomic
 
 MISSING = "not found (is this a run directory?)"

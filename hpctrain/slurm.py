@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpctrain import config as config_mod
-from hpctrain.config import UserError
+from hpctrain.errors import UserError
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "slurm"
 BEGIN, END = "# --- sbatch options", "# --- end of sbatch options ---"

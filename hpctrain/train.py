@@ -25,12 +25,13 @@ import torch
 from torch import nn
 
 import hpctrain
-from hpctrain import checkpoint, components, distill, models, optim, runtime, schedule
+from hpctrain import checkpoint, components, dist, distill, models, optim, runtime, schedule
 from hpctrain import config as config_mod
 from hpctrain.checkpoint import Checkpointer, CheckpointError, StopFlag, StopVote, Watchdog, capture_rng, restore_rng
-from hpctrain.config import Config, ConfigError, UserError
+from hpctrain.config import Config, ConfigError
 from hpctrain.data import pipeline
 from hpctrain.data.pipeline import BatchOptions, DataPipeline, Given, SampleShape
+from hpctrain.errors import UserError
 from hpctrain.metrics import PHASES, Metrics, params_sha256
 from hpctrain.runtime import Runtime, rank_seed, seed_everything
 
@@ -628,7 +629,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def end_job() -> None:
     """From the watchdog thread: take every rank of the job down now (exit code 1)."""
-    runtime.abort_world(1)
+    dist.abort_world(1)
     os._exit(1)  # no MPI world (one process, or the Gloo controller: horovodrun then ends the others)
 
 

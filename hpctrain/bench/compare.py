@@ -29,9 +29,11 @@ from typing import Any
 
 from hpctrain import config as config_mod
 from hpctrain.bench import stats
-from hpctrain.config import RunConfig, UserError, load
+from hpctrain.config import RunConfig, load
+from hpctrain.errors import UserError
 from hpctrain.files import write_atomic
-from hpctrain.runtime import malloc_thresholds, mpirun_command
+from hpctrain.launchers import mpirun_command
+from hpctrain.runtime import malloc_thresholds
 
 MODELS = {  # name: the `hpctrain train` overrides that define it (model and per-rank batch)
     "mlp-21m": ("model.name=mlp", "model.width=2048", "model.depth=6", "train.batch_size=64"),

@@ -32,7 +32,7 @@ from hpctrain import models
 from hpctrain.config import Config, load
 from hpctrain.data import synthetic
 from hpctrain.data.pipeline import SampleShape, _synthetic_shape
-from hpctrain.runtime import cpu_threads
+from hpctrain.launchers import cpu_threads
 from hpctrain.usage import StepUsage, summarise
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from hpctrain import config as config_mod
-from hpctrain.config import UserError
-from hpctrain.runtime import mpirun_command
+from hpctrain.errors import UserError
+from hpctrain.launchers import mpirun_command
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -54,7 +54,7 @@ def test_exit_codes_table_and_cli_docstring_list_the_codes_cli_uses():
 
 
 def test_launchers_doc_names_every_launcher_table_in_its_order():
-    from hpctrain.runtime import LAUNCHERS
+    from hpctrain.launchers import LAUNCHERS
 
     text = " ".join(_section("getting-started.md", "## Launchers").split())
     forced = re.search(r"HPCTRAIN_LAUNCHER=([\w|-]+)", text).group(1).split("|")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from hpctrain.config import UserError
+from hpctrain.errors import UserError
 from hpctrain.run_report import RunReportError, loss_figure, write_run_report
 
 
