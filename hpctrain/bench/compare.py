@@ -275,8 +275,7 @@ def _label(ours: str, peer: str) -> str:
 
 
 def _ci_cells(ci: dict[str, Any]) -> str:
-    text = "-" if ci["low"] is None else f"{ci['low']:.2f}-{ci['high']:.2f}"
-    return f"{text:>11s} {ci['verdict']:>7s}"
+    return f"{stats.range_text(ci):>11s} {ci['verdict']:>7s}"
 
 
 def _table(result: dict[str, Any], cell: str, suffix: str, title: str) -> list[str]:

@@ -53,7 +53,7 @@ class Interval:
 
     def text(self) -> str:
         """``0.98-1.04`` (``-`` without an interval)."""
-        return NO_VERDICT if math.isnan(self.low) else f"{self.low:.2f}-{self.high:.2f}"
+        return range_text(self.as_dict())
 
     def as_dict(self) -> dict[str, Any]:
         low, high = (None, None) if math.isnan(self.low) else (self.low, self.high)  # JSON has no NaN
@@ -126,6 +126,11 @@ def unpaired_ratio(ours: Sequence[float], peer: Sequence[float], higher_is_bette
         reach = _t_quantile(confidence, dof) * se
         low, high = math.exp(d - reach), math.exp(d + reach)
     return Interval(math.exp(d), low, high, n, verdict(low, high, higher_is_better), confidence, method)
+
+
+def range_text(ci: dict[str, Any]) -> str:
+    """``low-high`` of an :meth:`Interval.as_dict` (as read back from a benchmark's JSON), or ``-``."""
+    return NO_VERDICT if ci["low"] is None else f"{ci['low']:.2f}-{ci['high']:.2f}"
 
 
 def describe(confidence: float = CONFIDENCE) -> str:
