@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from hpctrain.bench import stats
+from hpctrain import intervals
 from hpctrain.errors import UserError
 from hpctrain.files import write_atomic
 
@@ -280,7 +280,7 @@ def ratios_to_mpi(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if impl == "mpi" or (nbytes, "mpi") not in by:
             continue
         mpi = by[nbytes, "mpi"]
-        ci = stats.paired_ratio(r["round_times_s"], mpi["round_times_s"], higher_is_better=False)
+        ci = intervals.paired_ratio(r["round_times_s"], mpi["round_times_s"], higher_is_better=False)
         out.append({"bytes": nbytes, "impl": impl, "ratio": r["time_s"] / mpi["time_s"], "ci": ci.as_dict()})
     return out
 
@@ -322,11 +322,11 @@ def report(results: dict[str, Any]) -> str:
                                               for i in hvd_impls))
         for nbytes in dict.fromkeys(k[0] for k in by):
             lines.append(f"{format_size(nbytes):<8}" + "".join(
-                f"{by[nbytes, i]['ratio']:>{len(i) + 11}.2f}x {stats.range_text(by[nbytes, i]['ci']):>12} "
+                f"{by[nbytes, i]['ratio']:>{len(i) + 11}.2f}x {intervals.range_text(by[nbytes, i]['ci']):>12} "
                 f"{by[nbytes, i]['ci']['verdict']:>7}" for i in hvd_impls))
         n = results.get("rounds", 1)
         lines.append(f"time: median of {n} interleaved round{'s' * (n != 1)}; ratio: of the medians; "
-                     f"{stats.describe()}; ahead = faster than raw MPI")
+                     f"{intervals.describe()}; ahead = faster than raw MPI")
     return "\n".join(lines)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hpctrain import config as config_mod
-from hpctrain.bench import stats
+from hpctrain import intervals
 from hpctrain.config import RunConfig, load
 from hpctrain.errors import UserError
 from hpctrain.files import write_atomic
@@ -182,15 +182,15 @@ def ratios(impls: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
         [("api", "hpctrain")] if len(ours) == 2 else [])
 
 
-def intervals(runs: dict[str, list[dict[str, Any]]], impls: tuple[str, ...] | list[str]) -> dict[str, Any]:
+def point_intervals(runs: dict[str, list[dict[str, Any]]], impls: tuple[str, ...] | list[str]) -> dict[str, Any]:
     """The paired intervals of one (model, ranks) point: for each (ours, peer) pair, samples/s ours/peer
     (higher is better) and CPU seconds per sample ours/peer (lower is better), from its rounds so far."""
     out = {}
     for ours, peer in ratios(impls):
         a, b = runs[ours], runs[peer]
-        out[f"{ours}_vs_{peer}"] = stats.paired_ratio([r["samples_per_sec"] for r in a],
+        out[f"{ours}_vs_{peer}"] = intervals.paired_ratio([r["samples_per_sec"] for r in a],
                                                       [r["samples_per_sec"] for r in b])
-        out[f"{ours}_vs_{peer}_cpu"] = stats.paired_ratio([r["cpu_s_per_sample"] for r in a],
+        out[f"{ours}_vs_{peer}_cpu"] = intervals.paired_ratio([r["cpu_s_per_sample"] for r in a],
                                                           [r["cpu_s_per_sample"] for r in b], higher_is_better=False)
     return out
 
@@ -198,7 +198,7 @@ def intervals(runs: dict[str, list[dict[str, Any]]], impls: tuple[str, ...] | li
 def narrow_enough(raw: dict[str, dict[str, list[dict[str, Any]]]], impls: tuple[str, ...], target: float) -> bool:
     """--until-ci: every samples/s ratio's interval within +-``target`` of its estimate."""
     return all(ci.half_width <= target for runs in raw.values()
-               for key, ci in intervals(runs, impls).items() if not key.endswith("_cpu"))
+               for key, ci in point_intervals(runs, impls).items() if not key.endswith("_cpu"))
 
 
 MIN_CI_ROUNDS = 3  # --until-ci never stops on fewer: two rounds' spread can be small by chance
@@ -244,7 +244,7 @@ def compare(models: dict[str, list[str]], ranks: list[int], rounds: int, steps: 
 def summarise_point(model: str, ranks: int, runs: dict[str, list[dict[str, Any]]],
                     impls: tuple[str, ...] | list[str]) -> dict[str, Any]:
     """One table row: medians over the rounds per implementation, ratios of the medians, per-round ratios
-    and their intervals (:func:`intervals`)."""
+    and their intervals (:func:`point_intervals`)."""
     rates = {i: [run["samples_per_sec"] for run in runs[i]] for i in impls}
     med = {i: statistics.median(rates[i]) for i in impls}
     row: dict[str, Any] = {"model": model, "ranks": ranks, **{f"{i}_samples_per_sec": med[i] for i in impls}}
@@ -260,7 +260,7 @@ def summarise_point(model: str, ranks: int, runs: dict[str, list[dict[str, Any]]
         # per round: the implementations ran back to back, so a round's ratio is free of drift between
         # rounds; their spread says how far one run can be trusted
         row[f"{ours}_vs_{peer}_per_round"] = [a / b for a, b in zip(rates[ours], rates[peer], strict=True)]
-    row.update({f"{k}_ci": ci.as_dict() for k, ci in intervals(runs, impls).items()})
+    row.update({f"{k}_ci": ci.as_dict() for k, ci in point_intervals(runs, impls).items()})
     return {**row, "runs": rates, "usage": {i: runs[i] for i in impls}}
 
 
@@ -275,7 +275,7 @@ def _label(ours: str, peer: str) -> str:
 
 
 def _ci_cells(ci: dict[str, Any]) -> str:
-    return f"{stats.range_text(ci):>11s} {ci['verdict']:>7s}"
+    return f"{intervals.range_text(ci):>11s} {ci['verdict']:>7s}"
 
 
 def _table(result: dict[str, Any], cell: str, suffix: str, title: str) -> list[str]:
@@ -300,7 +300,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines = _table(result, "samples_per_sec", "", "samples/s (higher is better)")
     n = result["rounds"]
     lines.append(f"samples/s: median of {n} interleaved round{'s' * (n != 1)}; vs: ratio of the medians; "
-                 + stats.describe())
+                 + intervals.describe())
     if all("hpctrain_cpu_ms_per_sample" in r for r in result["rows"]):
         lines += ["", *_table(result, "cpu_ms_per_sample", "_cpu",
                               "CPU ms per sample per rank (user+system, every thread; lower is better)")]

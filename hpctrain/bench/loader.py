@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from hpctrain.bench import stats
+from hpctrain import intervals
 from hpctrain.data import format as fmt
 from hpctrain.data import sources, writer
 from hpctrain.data.reader import ReaderOptions, ShardedReader
@@ -156,8 +156,8 @@ def run(path: str | None, samples: int, shards: int, batch: int, window: int, re
             "hpctrain_vs_raw": med["hpctrain"] / med["raw"],
             "hpctrain_vs_naive": med["hpctrain"] / med["naive"],
             # the three ran back to back in each repeat: paired per-repeat ratios
-            "hpctrain_vs_raw_ci": stats.paired_ratio(rates["hpctrain"], rates["raw"]).as_dict(),
-            "hpctrain_vs_naive_ci": stats.paired_ratio(rates["hpctrain"], rates["naive"]).as_dict(),
+            "hpctrain_vs_raw_ci": intervals.paired_ratio(rates["hpctrain"], rates["raw"]).as_dict(),
+            "hpctrain_vs_naive_ci": intervals.paired_ratio(rates["hpctrain"], rates["naive"]).as_dict(),
         }
     if tmp is not None:
         tmp.cleanup()
@@ -180,13 +180,13 @@ def report(results: dict[str, Any]) -> str:
                      f"hpctrain/naive = {r['hpctrain_vs_naive']:.1f}x{_ci(r, 'naive')}   "
                      f"(hpctrain first batch after {r['hpctrain_first_batch_s'] * 1000:.0f} ms)")
     lines.append(f"samples/s: median of the repeats; ratios: of the medians, [interval] verdict: "
-                 f"{stats.describe().replace('round', 'repeat')}")
+                 f"{intervals.describe().replace('round', 'repeat')}")
     return "\n".join(lines)
 
 
 def _ci(r: dict[str, Any], peer: str) -> str:
     ci = r.get(f"hpctrain_vs_{peer}_ci")
-    return f" [{stats.range_text(ci)}] {ci['verdict']}" if ci else ""
+    return f" [{intervals.range_text(ci)}] {ci['verdict']}" if ci else ""
 
 
 def main(args: Any) -> None:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from hpctrain.bench import stats
+from hpctrain import intervals
 from tests.launch import mpirun, run
 
 # The module's own parser and main, as the CLI will wire them; an exception on one rank ends the job
@@ -53,7 +53,7 @@ def check_record(rec: dict, world: int, sizes: list[int], iters: int | None) -> 
     assert [(v["bytes"], v["impl"]) for v in rec["vs_mpi"]] == [(s, i) for s in sizes for i in IMPLS[:2]]
     for v in rec["vs_mpi"]:
         assert v["ratio"] == pytest.approx(by[v["bytes"], v["impl"]]["time_s"] / by[v["bytes"], "mpi"]["time_s"])
-        assert v["ci"]["n"] == rec["rounds"] and v["ci"]["verdict"] in (*stats.VERDICTS, stats.NO_VERDICT)
+        assert v["ci"]["n"] == rec["rounds"] and v["ci"]["verdict"] in (*intervals.VERDICTS, intervals.NO_VERDICT)
         assert (v["ci"]["low"] is None) == (rec["rounds"] == 1)
 
 

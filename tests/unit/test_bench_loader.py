@@ -3,7 +3,8 @@ each ratio's paired interval and verdict (figures themselves are not asserted: t
 
 import pytest
 
-from hpctrain.bench import loader, stats
+from hpctrain import intervals
+from hpctrain.bench import loader
 
 
 def test_a_small_run_gives_each_ratio_an_interval_over_its_repeats():
@@ -14,8 +15,8 @@ def test_a_small_run_gives_each_ratio_an_interval_over_its_repeats():
         ci = warm[f"hpctrain_vs_{peer}_ci"]
         per_repeat = [a / b for a, b in zip(warm["all_runs"]["hpctrain"], warm["all_runs"][peer], strict=True)]
         assert ci["n"] == 3 and ci["low"] <= ci["estimate"] <= ci["high"]
-        assert ci["estimate"] == pytest.approx(stats.ratio_interval(per_repeat).estimate)
-        assert ci["verdict"] == stats.verdict(ci["low"], ci["high"])
+        assert ci["estimate"] == pytest.approx(intervals.ratio_interval(per_repeat).estimate)
+        assert ci["verdict"] == intervals.verdict(ci["low"], ci["high"])
     text = loader.report(results)
     raw = warm["hpctrain_vs_raw_ci"]
     assert f"hpctrain/raw = {warm['hpctrain_vs_raw']:.2f}x [{raw['low']:.2f}-{raw['high']:.2f}] {raw['verdict']}" \

@@ -55,6 +55,12 @@ class Interval:
         """``0.98-1.04`` (``-`` without an interval)."""
         return range_text(self.as_dict())
 
+    def scaled(self, factor: float, higher_is_better: bool = True) -> Interval:
+        """The interval of ``factor`` x this ratio (a strong-scaling efficiency is p0/p x T_p0/T_p)."""
+        low, high = self.low * factor, self.high * factor
+        return Interval(self.estimate * factor, low, high, self.n, verdict(low, high, higher_is_better),
+                        self.confidence, self.method)
+
     def as_dict(self) -> dict[str, Any]:
         low, high = (None, None) if math.isnan(self.low) else (self.low, self.high)  # JSON has no NaN
         return {"estimate": self.estimate, "low": low, "high": high, "n": self.n, "verdict": self.verdict,

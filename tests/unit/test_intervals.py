@@ -1,4 +1,4 @@
-"""The benchmarks' intervals and verdicts (hpctrain/bench/stats.py), on recorded rounds whose answer is known,
+"""The benchmarks' intervals and verdicts (hpctrain/intervals.py), on recorded rounds whose answer is known,
 checked against textbook arithmetic (t quantiles from a printed table, not from scipy) and by simulation."""
 
 import math
@@ -7,7 +7,7 @@ import statistics
 import numpy as np
 import pytest
 
-from hpctrain.bench import stats
+from hpctrain import intervals
 
 # Recorded per-round ratios hpctrain/peer from this machine (the runs named beside each).
 ISSUE_CNN_2 = [0.43, 0.82, 0.87, 0.80, 1.03]  # issue 20: CNN, 2 ranks, vs raw Horovod: five rounds either side
@@ -32,7 +32,7 @@ def by_hand(ratios):
     (MLP_DDP_1, "ahead"),
 ])
 def test_recorded_rounds_get_the_verdict_their_spread_allows(ratios, expected):
-    ci = stats.ratio_interval(ratios)
+    ci = intervals.ratio_interval(ratios)
     estimate, low, high = by_hand(ratios)
     assert ci.estimate == pytest.approx(estimate, rel=1e-9)
     assert (ci.low, ci.high) == pytest.approx((low, high), rel=2e-3)  # the table's t has 4 digits
@@ -40,18 +40,18 @@ def test_recorded_rounds_get_the_verdict_their_spread_allows(ratios, expected):
 
 
 def test_issue_cnn_rounds_interval_spans_both_readings():
-    ci = stats.ratio_interval(ISSUE_CNN_2)
+    ci = intervals.ratio_interval(ISSUE_CNN_2)
     assert ci.low < 0.86 and ci.high > 1.0  # both "14% slower" and "as fast" lie inside it
     assert ci.text() == f"{ci.low:.2f}-{ci.high:.2f}" and 0.49 < ci.low < 0.51 and 1.14 < ci.high < 1.16
 
 
 def test_swapping_the_sides_inverts_the_interval_and_the_verdict():
-    ci = stats.ratio_interval(USER_API_CNN_2)
-    flipped = stats.ratio_interval([1 / r for r in USER_API_CNN_2])
+    ci = intervals.ratio_interval(USER_API_CNN_2)
+    flipped = intervals.ratio_interval([1 / r for r in USER_API_CNN_2])
     assert flipped.verdict == "ahead" and ci.verdict == "behind"
     assert (flipped.low, flipped.high) == pytest.approx((1 / ci.high, 1 / ci.low))
     # a cost (CPU seconds per sample): lower is better, so the same interval reads the other way
-    assert stats.ratio_interval(USER_API_CNN_2, higher_is_better=False).verdict == "ahead"
+    assert intervals.ratio_interval(USER_API_CNN_2, higher_is_better=False).verdict == "ahead"
 
 
 def test_pairing_cancels_drift_between_rounds_that_an_unpaired_comparison_cannot():
@@ -59,14 +59,14 @@ def test_pairing_cancels_drift_between_rounds_that_an_unpaired_comparison_cannot
     every round. Paired, the drift cancels: ahead. The same numbers unpaired: drift swamps 3%: tie."""
     peer = [1000.0 * 1.08 ** i for i in range(6)]
     ours = [p * 1.03 * (1.004 if i % 2 else 0.996) for i, p in enumerate(peer)]
-    assert stats.paired_ratio(ours, peer).verdict == "ahead"
-    unpaired = stats.unpaired_ratio(ours, peer)
+    assert intervals.paired_ratio(ours, peer).verdict == "ahead"
+    unpaired = intervals.unpaired_ratio(ours, peer)
     assert unpaired.verdict == "tie" and unpaired.estimate == pytest.approx(1.03, rel=0.01)
 
 
 def test_welch_interval_matches_the_textbook_formula():
     a, b = [10.0, 12.0, 11.0, 13.0], [20.0, 19.0, 22.0]
-    ci = stats.unpaired_ratio(a, b)
+    ci = intervals.unpaired_ratio(a, b)
     la, lb = np.log(a), np.log(b)
     va, vb = la.var(ddof=1) / 4, lb.var(ddof=1) / 3
     dof = (va + vb) ** 2 / (va ** 2 / 3 + vb ** 2 / 2)
@@ -78,7 +78,7 @@ def test_welch_interval_matches_the_textbook_formula():
     assert ci.verdict == "behind" and ci.method.startswith("Welch")
 
 
-def coverage(true_ratio, rounds, sd, confidence=stats.CONFIDENCE, trials=2000, seed=0):
+def coverage(true_ratio, rounds, sd, confidence=intervals.CONFIDENCE, trials=2000, seed=0):
     """Share of simulated experiments whose interval covers ``true_ratio``, and their verdicts."""
     rng = np.random.default_rng(seed)
     covered, verdicts = 0, []
@@ -86,7 +86,7 @@ def coverage(true_ratio, rounds, sd, confidence=stats.CONFIDENCE, trials=2000, s
         drift = rng.normal(0, 0.2, rounds)  # the machine's load, shared by both runs of a round
         peer = np.exp(7 + drift + rng.normal(0, sd, rounds))
         ours = np.exp(7 + math.log(true_ratio) + drift + rng.normal(0, sd, rounds))
-        ci = stats.paired_ratio(ours, peer, confidence=confidence)
+        ci = intervals.paired_ratio(ours, peer, confidence=confidence)
         covered += ci.low <= true_ratio <= ci.high
         verdicts.append(ci.verdict)
     return covered / trials, verdicts
@@ -112,16 +112,16 @@ def test_a_real_five_percent_lead_is_found_with_enough_rounds():
 
 
 def test_one_round_gives_no_interval_and_no_verdict():
-    ci = stats.ratio_interval([0.9])
-    assert ci.verdict == stats.NO_VERDICT and math.isnan(ci.low) and ci.half_width == math.inf
+    ci = intervals.ratio_interval([0.9])
+    assert ci.verdict == intervals.NO_VERDICT and math.isnan(ci.low) and ci.half_width == math.inf
     assert ci.as_dict()["low"] is None and ci.text() == "-" and ci.estimate == pytest.approx(0.9)
-    assert stats.unpaired_ratio([1.0], [2.0, 2.1]).verdict == stats.NO_VERDICT
+    assert intervals.unpaired_ratio([1.0], [2.0, 2.1]).verdict == intervals.NO_VERDICT
 
 
 def test_identical_rounds_give_a_point_interval():
-    assert stats.ratio_interval([1.02, 1.02, 1.02]).verdict == "ahead"
-    assert stats.ratio_interval([1.0, 1.0]).verdict == "tie"
-    ci = stats.ratio_interval([1.1, 0.9, 1.1, 0.9])
+    assert intervals.ratio_interval([1.02, 1.02, 1.02]).verdict == "ahead"
+    assert intervals.ratio_interval([1.0, 1.0]).verdict == "tie"
+    ci = intervals.ratio_interval([1.1, 0.9, 1.1, 0.9])
     assert ci.half_width == pytest.approx(max(ci.high - ci.estimate, ci.estimate - ci.low))
 
 
@@ -129,4 +129,4 @@ def test_identical_rounds_give_a_point_interval():
                                         ([1.0, float("nan")], [1.0, 1.0]), ([], []), ([1.0, 2.0], [1.0])])
 def test_bad_measurements_are_refused(ours, peer):
     with pytest.raises(ValueError):
-        stats.paired_ratio(ours, peer)
+        intervals.paired_ratio(ours, peer)
