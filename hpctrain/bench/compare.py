@@ -215,24 +215,32 @@ def compare(models: dict[str, list[str]], ranks: list[int], rounds: int, steps: 
     width = max([11, *map(len, models)])
     limit = max(rounds, max_rounds) if until_ci is not None else rounds
     r = 0
-    while r < limit:
-        for model, sets in models.items():
-            for p in ranks:
-                # rotated each round: a run is slowed by the teardown of the one before it, so no
-                # implementation may always follow the same one
-                for impl in impls[r % len(impls):] + impls[:r % len(impls)]:
-                    run = run_once(impl, sets, p, steps[model], launcher)
-                    raw.setdefault(f"{model}|{p}", {}).setdefault(impl, []).append(run)
-                    print(f"  round {r + 1}/{limit} {model:{width}s} {p} rank(s) {impl:9s} "
-                          f"{run['samples_per_sec']:10.1f} samples/s  {run['cpu_s_per_sample'] * 1000:7.3f} CPU ms/"
-                          f"sample  {run['involuntary_switches_per_step']:6.1f} invol/step  load {run['load']:.1f}",
-                          file=sys.stderr, flush=True)
-        r += 1
-        if until_ci is not None and r >= max(rounds, MIN_CI_ROUNDS) and narrow_enough(raw, impls, until_ci):
-            break
+    interrupted = False
+    try:
+        while r < limit:
+            for model, sets in models.items():
+                for p in ranks:
+                    # rotated each round: a run is slowed by the teardown of the one before it, so no
+                    # implementation may always follow the same one
+                    for impl in impls[r % len(impls):] + impls[:r % len(impls)]:
+                        run = run_once(impl, sets, p, steps[model], launcher)
+                        raw.setdefault(f"{model}|{p}", {}).setdefault(impl, []).append(run)
+                        print(f"  round {r + 1}/{limit} {model:{width}s} {p} rank(s) {impl:9s} "
+                              f"{run['samples_per_sec']:10.1f} samples/s  {run['cpu_s_per_sample'] * 1000:7.3f} "
+                              f"CPU ms/sample  {run['involuntary_switches_per_step']:6.1f} invol/step  "
+                              f"load {run['load']:.1f}", file=sys.stderr, flush=True)
+            r += 1
+            if until_ci is not None and r >= max(rounds, MIN_CI_ROUNDS) and narrow_enough(raw, impls, until_ci):
+                break
+    except KeyboardInterrupt:  # Ctrl-C on a long run: keep the rounds that finished
+        if r == 0:
+            raise
+        interrupted = True
+        print(f"  interrupted: reporting the {r} complete round(s)", file=sys.stderr, flush=True)
+        raw = {k: {i: runs[:r] for i, runs in point.items()} for k, point in raw.items()}
     rows = [summarise_point(model, p, raw[f"{model}|{p}"], impls) for model in models for p in ranks]
     loads = [run["load"] for point in raw.values() for runs in point.values() for run in runs]
-    return {"rows": rows, "rounds": r, "impls": list(impls), "launcher": launcher,
+    return {"rows": rows, "rounds": r, "interrupted": interrupted, "impls": list(impls), "launcher": launcher,
             "until_ci": until_ci, "max_rounds": limit if until_ci is not None else None,
             "ci_reached": narrow_enough(raw, impls, until_ci) if until_ci is not None else None,
             "load": {"min": min(loads), "median": statistics.median(loads), "max": max(loads)},
@@ -299,7 +307,8 @@ def _table(result: dict[str, Any], cell: str, suffix: str, title: str) -> list[s
 def format_table(result: dict[str, Any]) -> str:
     lines = _table(result, "samples_per_sec", "", "samples/s (higher is better)")
     n = result["rounds"]
-    lines.append(f"samples/s: median of {n} interleaved round{'s' * (n != 1)}; vs: ratio of the medians; "
+    cut = " (interrupted: the complete rounds only)" if result.get("interrupted") else ""
+    lines.append(f"samples/s: median of {n} interleaved round{'s' * (n != 1)}{cut}; vs: ratio of the medians; "
                  + intervals.describe())
     if all("hpctrain_cpu_ms_per_sample" in r for r in result["rows"]):
         lines += ["", *_table(result, "cpu_ms_per_sample", "_cpu",
@@ -319,7 +328,7 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"machine load (1-min average as each run started): {load['min']:.1f}-{load['max']:.1f}, "
                      f"median {load['median']:.1f}, on {result.get('host', {}).get('cpus', '?')} CPUs")
     if result.get("until_ci") is not None:
-        reached = "reached" if result["ci_reached"] else f"NOT reached in {result['max_rounds']} rounds"
+        reached = "reached" if result["ci_reached"] else f"NOT reached in {result['rounds']} rounds"
         lines.append(f"--until-ci {result['until_ci']}: every samples/s interval within +-{result['until_ci']} "
                      f"of its estimate: {reached}")
     return "\n".join(lines)

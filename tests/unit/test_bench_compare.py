@@ -249,6 +249,22 @@ def test_until_ci_gives_up_at_max_rounds_and_says_so(monkeypatch):
     assert len(calls) == 4
 
 
+def test_interrupting_a_long_run_keeps_its_complete_rounds(monkeypatch):
+    def rate(impl, r):
+        if r == 2 and impl == "horovod":  # Ctrl-C in round 3, after hpctrain's run of it
+            raise KeyboardInterrupt
+        return 1000.0 + r
+
+    scripted(monkeypatch, rate)
+    result = compare.compare({"cnn": []}, [1], 5, {"cnn": 10}, ("hpctrain", "horovod"))
+    assert result["rounds"] == 2 and result["interrupted"] is True
+    assert result["rows"][0]["runs"] == {"hpctrain": [1000.0, 1001.0], "horovod": [1000.0, 1001.0]}
+    assert "median of 2 interleaved rounds (interrupted: the complete rounds only)" in compare.format_table(result)
+    scripted(monkeypatch, lambda impl, r: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):  # nothing finished: nothing to report
+        compare.compare({"cnn": []}, [1], 5, {"cnn": 10}, ("hpctrain", "horovod"))
+
+
 @pytest.mark.parametrize("argv, message", [(["--until-ci", "0"], "--until-ci 0.0"),
                                            (["--until-ci", "1.5"], "between 0 and 1"),
                                            (["--rounds", "0"], "--rounds and --max-rounds must be >= 1")])
