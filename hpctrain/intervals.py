@@ -136,7 +136,13 @@ def unpaired_ratio(ours: Sequence[float], peer: Sequence[float], higher_is_bette
 
 def range_text(ci: dict[str, Any]) -> str:
     """``low-high`` of an :meth:`Interval.as_dict` (as read back from a benchmark's JSON), or ``-``."""
-    return NO_VERDICT if ci["low"] is None else f"{ci['low']:.2f}-{ci['high']:.2f}"
+    if ci["low"] is None:
+        return NO_VERDICT
+    return f"{_short(ci['low'])}-{_short(ci['high'])}"
+
+
+def _short(x: float) -> str:
+    return f"{x:.2f}" if x < 100 else f"{x:.2g}"  # a few rounds that disagree wildly reach far: keep it short
 
 
 def describe(confidence: float = CONFIDENCE) -> str:

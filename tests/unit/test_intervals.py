@@ -115,6 +115,8 @@ def test_one_round_gives_no_interval_and_no_verdict():
     ci = intervals.ratio_interval([0.9])
     assert ci.verdict == intervals.NO_VERDICT and math.isnan(ci.low) and ci.half_width == math.inf
     assert ci.as_dict()["low"] is None and ci.text() == "-" and ci.estimate == pytest.approx(0.9)
+    wild = intervals.ratio_interval([2.0, 900.0, 30.0])  # rounds that disagree by orders of magnitude
+    assert wild.verdict == "tie" and wild.text() == f"{wild.low:.2f}-{wild.high:.2g}" and len(wild.text()) < 14
     assert intervals.unpaired_ratio([1.0], [2.0, 2.1]).verdict == intervals.NO_VERDICT
 
 
