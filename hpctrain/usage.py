@@ -5,6 +5,8 @@ neighbour causes (more involuntary switches, a long p90, the same CPU per sample
 work causes (more CPU per sample). ``resource.getrusage(RUSAGE_SELF)`` counts every thread of the process
 (Horovod's background thread, the prefetch thread), user + system time. hpctrain's metrics and the
 benchmark's peer loops both measure through :class:`StepUsage`, so their figures compare like for like.
+On a GPU the step clock is read without waiting for the device, so the percentiles are those of the host's
+steps (the queue evens them out); the throughput figures beside them are read with the device idle.
 """
 
 from __future__ import annotations
