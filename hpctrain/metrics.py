@@ -22,6 +22,7 @@ from torch import nn
 from hpctrain.config import RunConfig
 from hpctrain.files import write_atomic
 from hpctrain.runtime import Runtime
+from hpctrain.usage import StepUsage, summarise
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Metrics:
         self._interval_phases = np.zeros(len(PHASES))
         self._measured_phases = np.zeros(len(PHASES))
         self._interval_aligned = False
+        self._usage = StepUsage()  # CPU time, context switches and step-time spread of the measured steps
         self._started = time.time()
         self._jsonl = open(run_dir / "metrics.jsonl", "a") if rt.is_root else None  # noqa: SIM115
         self._tb = None
@@ -117,6 +119,9 @@ class Metrics:
         self._untimed = min(self.untimed_steps, self.total_steps - step - 1)
         self._untimed_end = step + self._untimed
         self._measure_start = now if self._untimed <= 0 else None
+        self._usage = StepUsage()
+        if self._measure_start is not None:
+            self._usage.start(now)
         self._measured_steps = 0
         self._measured_phases[:] = 0
         self._interval_aligned = False  # see step_done
@@ -136,10 +141,14 @@ class Metrics:
             self._interval_phases += phases
         if step == self._untimed_end and self._measure_start is None:
             self._measure_start = now
+            self._usage.start(now)
         elif step > self._untimed_end:
             self._measured_steps += 1
             if phases is not None:
                 self._measured_phases += phases
+            self._usage.step(now)
+            if step == self.total_steps:
+                self._usage.finish()
         if self._bar is not None:
             self._bar.update(1)
         if not log_step:
@@ -190,6 +199,7 @@ class Metrics:
         self._interval_start += seconds
         if self._measure_start is not None:
             self._measure_start += seconds
+        self._usage.exclude(seconds)
         record = {"step": step, **{k: v for k, v in result.items() if k.startswith("val_")}, "time": time.time()}
         if self._jsonl is not None:
             self._jsonl.write(json.dumps(record) + "\n")
@@ -211,9 +221,12 @@ class Metrics:
         end = self._last_step_end  # throughput of the training steps: not of the evaluation or checkpoint after
         elapsed = end - self._measure_start if self._measure_start is not None else float("nan")
         steps = self._measured_steps
-        row = torch.tensor([[elapsed, float(steps), *self._measured_phases]], dtype=torch.float64)
+        self._usage.finish()  # a run stopped early: its usage ends here
+        row = torch.tensor([[elapsed, float(steps), *self._measured_phases, *self._usage.row()]],
+                           dtype=torch.float64)
         table = self._gather_ranks(row, "hpctrain.summary")
         per_rank = table[:, 1] * self.batch_size / table[:, 0]
+        phases_end = 2 + len(PHASES)
         summary = {
             "final_loss": self.last_loss,
             "initial_loss": self.first_loss,
@@ -225,7 +238,8 @@ class Metrics:
             "samples_per_sec": float(steps * self.batch_size * self.rt.size / table[:, 0].max()),
             "samples_per_sec_per_rank": _stats(per_rank),
             "step_time_ms": _stats(table[:, 0] * 1000 / max(steps, 1)),
-            "breakdown_ms": _breakdown(table[:, 2:], steps),
+            "breakdown_ms": _breakdown(table[:, 2:phases_end], steps),
+            **summarise(table[:, phases_end:].numpy(), steps, self.batch_size),
             "wall_time_s": time.time() - self._started,
             **extra,
         }

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from hpctrain import intervals
 from hpctrain.errors import UserError
 from hpctrain.files import write_atomic
 
@@ -97,6 +98,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"timed calls per size and implementation (0 = about {TARGET_S} s each, "
                         f"at least {MIN_ITERS})")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before the timed ones (default 2)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all sizes (default 3): the "
+                   "median is reported, and each ratio to raw MPI gets the interval of its per-round ratios")
     p.add_argument("--impl", type=parse_impls, default=",".join(IMPLS),
                    help=f"comma list of {', '.join(IMPLS)} (default all)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON (rank 0)")
@@ -200,8 +203,9 @@ class MpiAllreduce:
 
 
 def run(rank: int, size: int, byte_sizes: list[int], impls: list[str], iters: int, warmup: int,
-        mpi_world: Any) -> dict[str, Any]:
-    """Every rank runs this; the returned figures are the same on every rank."""
+        mpi_world: Any, rounds: int = 1) -> dict[str, Any]:
+    """Every rank runs this; the returned figures are the same on every rank: per size and implementation the
+    median over ``rounds`` interleaved rounds of the slowest rank's median per call."""
     import horovod.torch as hvd
     import torch
 
@@ -222,39 +226,63 @@ def run(rank: int, size: int, byte_sizes: list[int], impls: list[str], iters: in
     fp16_scale = 2.0 ** -max(0, math.ceil(math.log2(exact_sum / FP16_MAX_SUM)))
     fp16_rtol = max(1e-3, size * 2.0**-11)
 
+    def measure(nbytes: int, impl: str) -> tuple[float, int]:
+        """The slowest rank's median seconds per call of one size and implementation, and the calls made."""
+        count = nbytes // 4
+        op: HorovodAllreduce | MpiAllreduce
+        if impl == "mpi":
+            send[:count].fill(rank + 1)
+            recv[:count].fill(np.nan)  # a call that writes nothing must not pass on an earlier size's sums
+            op, expected, rtol = MpiAllreduce(mpi_world, send[:count], recv[:count]), exact_sum, 0.0
+        else:
+            fp16 = impl == "horovod-fp16"
+            scale = fp16_scale if fp16 else 1.0
+            send_t[:count].fill_((rank + 1) * scale)
+            # dist: the same name on every rank, reused by every call (Horovod's response cache)
+            op = HorovodAllreduce(send_t[:count], f"hpctrain.bench.allreduce.{impl}.{nbytes}", fp16)
+            expected, rtol = exact_sum * scale, fp16_rtol if fp16 else 0.0
+
+        op()  # verified and untimed; for Horovod also the first negotiation of this tensor name
+        check(op.result(), expected, rtol, impl, nbytes)
+        timed(op, warmup)
+        times = timed(op, iters) if iters else timed_adaptive(op, send, rank)
+        op.close()
+        per_rank = hvd.allgather_object((statistics.median(times), len(times)),
+                                        name=f"hpctrain.bench.time.{impl}.{nbytes}")  # dist
+        if len({k for _, k in per_rank}) != 1:
+            raise RuntimeError(f"allreduce {impl} of {format_size(nbytes)}: ranks made different numbers "
+                               f"of calls {[k for _, k in per_rank]}")
+        return max(t for t, _ in per_rank), len(times)  # dist: a collective is as fast as its slowest rank
+
+    rounds_of: dict[tuple[int, str], list[tuple[float, int]]] = {}
+    for r in range(rounds):  # interleaved, the order rotated each round, as bench compare runs its contenders
+        for nbytes in byte_sizes:
+            for impl in impls[r % len(impls):] + impls[:r % len(impls)]:
+                rounds_of.setdefault((nbytes, impl), []).append(measure(nbytes, impl))
     results = []
     for nbytes in byte_sizes:
-        count = nbytes // 4
         for impl in impls:
-            op: HorovodAllreduce | MpiAllreduce
-            if impl == "mpi":
-                send[:count].fill(rank + 1)
-                recv[:count].fill(np.nan)  # a call that writes nothing must not pass on an earlier size's sums
-                op, expected, rtol = MpiAllreduce(mpi_world, send[:count], recv[:count]), exact_sum, 0.0
-            else:
-                fp16 = impl == "horovod-fp16"
-                scale = fp16_scale if fp16 else 1.0
-                send_t[:count].fill_((rank + 1) * scale)
-                # dist: the same name on every rank, reused by every call (Horovod's response cache)
-                op = HorovodAllreduce(send_t[:count], f"hpctrain.bench.allreduce.{impl}.{nbytes}", fp16)
-                expected, rtol = exact_sum * scale, fp16_rtol if fp16 else 0.0
-
-            op()  # verified and untimed; for Horovod also the first negotiation of this tensor name
-            check(op.result(), expected, rtol, impl, nbytes)
-            timed(op, warmup)
-            times = timed(op, iters) if iters else timed_adaptive(op, send, rank)
-            op.close()
-            per_rank = hvd.allgather_object((statistics.median(times), len(times)),
-                                            name=f"hpctrain.bench.time.{impl}.{nbytes}")  # dist
-            if len({k for _, k in per_rank}) != 1:
-                raise RuntimeError(f"allreduce {impl} of {format_size(nbytes)}: ranks made different numbers "
-                                   f"of calls {[k for _, k in per_rank]}")
-            slowest = max(t for t, _ in per_rank)  # dist: a collective is as fast as its slowest rank
-            n = len(times)
+            got = rounds_of[nbytes, impl]
+            slowest = statistics.median(t for t, _ in got)
             algbw = nbytes / slowest / 1e9
             results.append({"bytes": nbytes, "impl": impl, "time_s": slowest, "algbw_GBps": algbw,
-                            "busbw_GBps": algbw * bus_factor(size), "iters": n})
-    return {"memcpy_GBps": memcpy / 1e9, "memcpy_bytes": send.nbytes, "results": results}
+                            "busbw_GBps": algbw * bus_factor(size), "iters": statistics.median_low(n for _, n in got),
+                            "round_times_s": [t for t, _ in got]})
+    return {"memcpy_GBps": memcpy / 1e9, "memcpy_bytes": send.nbytes, "rounds": rounds, "results": results}
+
+
+def ratios_to_mpi(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per size and Horovod implementation: time / raw MPI's time (median ratio), with the paired interval
+    of the per-round ratios (lower is better: ``ahead`` = faster than raw MPI)."""
+    by = {(r["bytes"], r["impl"]): r for r in results}
+    out = []
+    for (nbytes, impl), r in by.items():
+        if impl == "mpi" or (nbytes, "mpi") not in by:
+            continue
+        mpi = by[nbytes, "mpi"]
+        ci = intervals.paired_ratio(r["round_times_s"], mpi["round_times_s"], higher_is_better=False)
+        out.append({"bytes": nbytes, "impl": impl, "ratio": r["time_s"] / mpi["time_s"], "ci": ci.as_dict()})
+    return out
 
 
 def versions(controller: str) -> dict[str, str]:
@@ -287,14 +315,20 @@ def report(results: dict[str, Any]) -> str:
     for r in results["results"]:
         lines.append(f"{format_size(r['bytes']):<8}{r['impl']:<14}{r['iters']:>8}{r['time_s'] * 1e6:>14.2f}"
                      f"{r['algbw_GBps']:>12.3f}{r['busbw_GBps']:>12.3f}")
-    by = {(r["bytes"], r["impl"]): r["time_s"] for r in results["results"]}
+    by = {(r["bytes"], r["impl"]): r for r in results.get("vs_mpi", [])}
     hvd_impls = [i for i in ("horovod", "horovod-fp16") if any(k[1] == i for k in by)]
-    if hvd_impls and any(k[1] == "mpi" for k in by):
-        lines.append(f"{'size':<8}" + "".join(f"{i + '/mpi time':>{len(i) + 12}}" for i in hvd_impls))
+    if hvd_impls:
+        lines.append(f"{'size':<8}" + "".join(f"{i + '/mpi time':>{len(i) + 12}}{'95% CI':>13}{'verdict':>8}"
+                                              for i in hvd_impls))
         for nbytes in dict.fromkeys(k[0] for k in by):
             lines.append(f"{format_size(nbytes):<8}" + "".join(
-                f"{by[nbytes, i] / by[nbytes, 'mpi']:>{len(i) + 11}.2f}x" for i in hvd_impls))
+                f"{by[nbytes, i]['ratio']:>{len(i) + 11}.2f}x {intervals.range_text(by[nbytes, i]['ci']):>12} "
+                f"{by[nbytes, i]['ci']['verdict']:>7}" for i in hvd_impls))
+        n = results.get("rounds", 1)
+        lines.append(f"time: median of {n} interleaved round{'s' * (n != 1)}; ratio: of the medians; "
+                     f"{intervals.describe()}; ahead = faster than raw MPI")
     return "\n".join(lines)
+
 
 
 def main(args: argparse.Namespace) -> int:
@@ -302,8 +336,8 @@ def main(args: argparse.Namespace) -> int:
     from hpctrain.config import CommConfig
 
     byte_sizes = sizes(args.min_size, args.max_size, args.factor)
-    if args.iters < 0 or args.warmup < 0:
-        raise UserError("--iters and --warmup must be >= 0")
+    if args.iters < 0 or args.warmup < 0 or args.rounds < 1:
+        raise UserError("--iters and --warmup must be >= 0, --rounds >= 1")
     # dist: the set-up of training, except OpenMPI's yield-when-idle: with it, a raw MPI call made while
     # Horovod's background thread runs often stalls for milliseconds, which would make raw MPI a straw man.
     rt = runtime.init(CommConfig(yield_when_idle=False))
@@ -319,8 +353,9 @@ def main(args: argparse.Namespace) -> int:
     import horovod.torch as hvd
 
     hosts = Counter(hvd.allgather_object(socket.gethostname(), name="hpctrain.bench.hosts"))  # dist
-    results = {"world_size": rt.size, "hosts": dict(sorted(hosts.items()))}
-    results.update(run(rt.rank, rt.size, byte_sizes, args.impl, args.iters, args.warmup, mpi_world))
+    results: dict[str, Any] = {"world_size": rt.size, "hosts": dict(sorted(hosts.items()))}
+    results.update(run(rt.rank, rt.size, byte_sizes, args.impl, args.iters, args.warmup, mpi_world, args.rounds))
+    results["vs_mpi"] = ratios_to_mpi(results["results"])
     results["command"] = " ".join(sys.argv)
     results["versions"] = versions(rt.controller)
     if rt.is_root:

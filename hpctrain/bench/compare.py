@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hpctrain import config as config_mod
+from hpctrain import intervals
 from hpctrain.config import RunConfig, load
 from hpctrain.errors import UserError
 from hpctrain.files import write_atomic
@@ -152,8 +153,11 @@ def command(impl: str, sets: list[str], ranks: int, steps: int, run_dir: str,
     return [sys.executable, *peer], {}
 
 
-def run_once(impl: str, sets: list[str], ranks: int, steps: int, launcher: str = "mpirun") -> float:
-    """samples/s of one run (global, post-warm-up, slowest rank)."""
+def run_once(impl: str, sets: list[str], ranks: int, steps: int, launcher: str = "mpirun") -> dict[str, Any]:
+    """One run's figures: samples/s (global, post-warm-up, slowest rank), CPU seconds per sample and
+    involuntary context switches per step (means over ranks), step-time percentiles (ms, slowest rank),
+    and the machine's 1-minute load average as the run started (what else was running)."""
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="hpctrain-compare-") as tmp:
         cmd, extra = command(impl, sets, ranks, steps, tmp, launcher)
         env = {**os.environ, **extra, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
@@ -161,9 +165,13 @@ def run_once(impl: str, sets: list[str], ranks: int, steps: int, launcher: str =
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
         if impl in OURS:
-            return float(json.loads((Path(tmp) / "summary.json").read_text())["samples_per_sec"])
-        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
-        return float(json.loads(line)["samples_per_sec"])
+            out = json.loads((Path(tmp) / "summary.json").read_text())
+        else:
+            out = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+    return {"samples_per_sec": float(out["samples_per_sec"]),
+            "cpu_s_per_sample": float(out["cpu_s_per_sample"]["mean"]),
+            "involuntary_switches_per_step": float(out["involuntary_switches_per_step"]["mean"]),
+            "step_ms_percentiles": out["step_ms_percentiles"], "load": load_before}
 
 
 def ratios(impls: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
@@ -174,38 +182,94 @@ def ratios(impls: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
         [("api", "hpctrain")] if len(ours) == 2 else [])
 
 
+def point_intervals(runs: dict[str, list[dict[str, Any]]], impls: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """The paired intervals of one (model, ranks) point: for each (ours, peer) pair, samples/s ours/peer
+    (higher is better) and CPU seconds per sample ours/peer (lower is better), from its rounds so far."""
+    out = {}
+    for ours, peer in ratios(impls):
+        a, b = runs[ours], runs[peer]
+        out[f"{ours}_vs_{peer}"] = intervals.paired_ratio([r["samples_per_sec"] for r in a],
+                                                      [r["samples_per_sec"] for r in b])
+        out[f"{ours}_vs_{peer}_cpu"] = intervals.paired_ratio([r["cpu_s_per_sample"] for r in a],
+                                                          [r["cpu_s_per_sample"] for r in b], higher_is_better=False)
+    return out
+
+
+def narrow_enough(raw: dict[str, dict[str, list[dict[str, Any]]]], impls: tuple[str, ...], target: float) -> bool:
+    """--until-ci: every samples/s ratio's interval within +-``target`` of its estimate."""
+    return all(ci.half_width <= target for runs in raw.values()
+               for key, ci in point_intervals(runs, impls).items() if not key.endswith("_cpu"))
+
+
+MIN_CI_ROUNDS = 3  # --until-ci never stops on fewer: two rounds' spread can be small by chance
+
+
 def compare(models: dict[str, list[str]], ranks: list[int], rounds: int, steps: dict[str, int],
-            impls: tuple[str, ...] = DEFAULT_IMPLS, launcher: str = "mpirun") -> dict[str, Any]:
+            impls: tuple[str, ...] = DEFAULT_IMPLS, launcher: str = "mpirun", until_ci: float | None = None,
+            max_rounds: int = 0) -> dict[str, Any]:
     """Every implementation in ``impls`` (hpctrain first) once per round, for each model (name: its
-    overrides, see :func:`overrides`; ``steps``: its steps per run) and rank count."""
-    raw: dict[str, list[float]] = {}
+    overrides, see :func:`overrides`; ``steps``: its steps per run) and rank count: ``rounds`` rounds, or
+    with ``until_ci`` as many more (up to ``max_rounds``) as it takes every samples/s ratio's interval to
+    come within +-until_ci of its estimate."""
+    raw: dict[str, dict[str, list[dict[str, Any]]]] = {}  # "model|ranks": impl: one dict per round
     width = max([11, *map(len, models)])
-    for r in range(rounds):
-        for model, sets in models.items():
-            for p in ranks:
-                # rotated each round: a run is slowed by the teardown of the one before it, so no
-                # implementation may always follow the same one
-                for impl in impls[r % len(impls):] + impls[:r % len(impls)]:
-                    rate = run_once(impl, sets, p, steps[model], launcher)
-                    raw.setdefault(f"{model}|{p}|{impl}", []).append(rate)
-                    print(f"  round {r + 1}/{rounds} {model:{width}s} {p} rank(s) {impl:9s} {rate:10.1f} samples/s",
-                          file=sys.stderr, flush=True)
-    rows = []
-    for model in models:
-        for p in ranks:
-            runs = {impl: raw[f"{model}|{p}|{impl}"] for impl in impls}
-            med = {impl: statistics.median(runs[impl]) for impl in impls}
-            row: dict[str, Any] = {"model": model, "ranks": p, **{f"{i}_samples_per_sec": med[i] for i in impls}}
-            for ours, peer in ratios(impls):
-                row[f"{ours}_vs_{peer}"] = med[ours] / med[peer]
-                # per round: the implementations ran back to back, so a round's ratio is free of drift
-                # between rounds; their spread says how far one run can be trusted
-                row[f"{ours}_vs_{peer}_per_round"] = [a / b for a, b in zip(runs[ours], runs[peer], strict=True)]
-            rows.append({**row, "runs": runs})
-    return {"rows": rows, "rounds": rounds, "impls": list(impls), "launcher": launcher,
+    limit = max(rounds, max_rounds) if until_ci is not None else rounds
+    r = 0
+    interrupted = False
+    try:
+        while r < limit:
+            for model, sets in models.items():
+                for p in ranks:
+                    # rotated each round: a run is slowed by the teardown of the one before it, so no
+                    # implementation may always follow the same one
+                    for impl in impls[r % len(impls):] + impls[:r % len(impls)]:
+                        run = run_once(impl, sets, p, steps[model], launcher)
+                        raw.setdefault(f"{model}|{p}", {}).setdefault(impl, []).append(run)
+                        print(f"  round {r + 1}/{limit} {model:{width}s} {p} rank(s) {impl:9s} "
+                              f"{run['samples_per_sec']:10.1f} samples/s  {run['cpu_s_per_sample'] * 1000:7.3f} "
+                              f"CPU ms/sample  {run['involuntary_switches_per_step']:6.1f} invol/step  "
+                              f"load {run['load']:.1f}", file=sys.stderr, flush=True)
+            r += 1
+            if until_ci is not None and r >= max(rounds, MIN_CI_ROUNDS) and narrow_enough(raw, impls, until_ci):
+                break
+    except KeyboardInterrupt:  # Ctrl-C on a long run: keep the rounds that finished
+        if r == 0:
+            raise
+        interrupted = True
+        print(f"  interrupted: reporting the {r} complete round(s)", file=sys.stderr, flush=True)
+        raw = {k: {i: runs[:r] for i, runs in point.items()} for k, point in raw.items()}
+    rows = [summarise_point(model, p, raw[f"{model}|{p}"], impls) for model in models for p in ranks]
+    loads = [run["load"] for point in raw.values() for runs in point.values() for run in runs]
+    return {"rows": rows, "rounds": r, "interrupted": interrupted, "impls": list(impls), "launcher": launcher,
+            "until_ci": until_ci, "max_rounds": limit if until_ci is not None else None,
+            "ci_reached": narrow_enough(raw, impls, until_ci) if until_ci is not None else None,
+            "load": {"min": min(loads), "median": statistics.median(loads), "max": max(loads)},
             "steps": dict(steps), "models": {m: list(sets) for m, sets in models.items()},
             "host": {"hostname": platform.node(), "cpus": os.cpu_count(), "gpu": _gpu_name()},
             "command": " ".join(sys.argv), "time": time.time()}
+
+
+def summarise_point(model: str, ranks: int, runs: dict[str, list[dict[str, Any]]],
+                    impls: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """One table row: medians over the rounds per implementation, ratios of the medians, per-round ratios
+    and their intervals (:func:`point_intervals`)."""
+    rates = {i: [run["samples_per_sec"] for run in runs[i]] for i in impls}
+    med = {i: statistics.median(rates[i]) for i in impls}
+    row: dict[str, Any] = {"model": model, "ranks": ranks, **{f"{i}_samples_per_sec": med[i] for i in impls}}
+    for i in impls:
+        row[f"{i}_cpu_ms_per_sample"] = statistics.median(run["cpu_s_per_sample"] for run in runs[i]) * 1000
+        row[f"{i}_involuntary_switches_per_step"] = statistics.median(
+            run["involuntary_switches_per_step"] for run in runs[i])
+        row[f"{i}_step_ms"] = {p: statistics.median(run["step_ms_percentiles"][p] for run in runs[i])
+                               for p in runs[i][0]["step_ms_percentiles"]}
+    for ours, peer in ratios(impls):
+        row[f"{ours}_vs_{peer}"] = med[ours] / med[peer]
+        row[f"{ours}_vs_{peer}_cpu"] = row[f"{ours}_cpu_ms_per_sample"] / row[f"{peer}_cpu_ms_per_sample"]
+        # per round: the implementations ran back to back, so a round's ratio is free of drift between
+        # rounds; their spread says how far one run can be trusted
+        row[f"{ours}_vs_{peer}_per_round"] = [a / b for a, b in zip(rates[ours], rates[peer], strict=True)]
+    row.update({f"{k}_ci": ci.as_dict() for k, ci in point_intervals(runs, impls).items()})
+    return {**row, "runs": rates, "usage": {i: runs[i] for i in impls}}
 
 
 def _gpu_name() -> str | None:
@@ -214,28 +278,59 @@ def _gpu_name() -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
-def _spread(ratios: list[float]) -> str:
-    return f"{min(ratios):.2f}-{max(ratios):.2f}"
-
-
 def _label(ours: str, peer: str) -> str:
     return f"vs {peer}" if ours == "hpctrain" else f"{ours} vs {peer}"
 
 
-def format_table(result: dict[str, Any]) -> str:
+def _ci_cells(ci: dict[str, Any]) -> str:
+    return f"{intervals.range_text(ci):>11s} {ci['verdict']:>7s}"
+
+
+def _table(result: dict[str, Any], cell: str, suffix: str, title: str) -> list[str]:
+    """One table: a column per implementation (``cell``: the row key after ``impl_``), then per pair the
+    ratio of the medians (``ours_vs_peer<suffix>``), its paired interval and verdict (``..._ci``)."""
     impls = result.get("impls", DEFAULT_IMPLS)
     pairs = ratios(impls)
     width = max([11, *(len(r["model"]) for r in result["rows"])])
     cols = [max(11, len(_label(o, p)) + 1) for o, p in pairs]
-    lines = [f"{'model':{width}s} {'ranks':>5s} " + " ".join(f"{i:>10s}" for i in impls) + "".join(
-        f" {_label(o, p):>{c}s} {'(rounds)':>11s}" for (o, p), c in zip(pairs, cols, strict=True))]
+    digits = 1 if cell == "samples_per_sec" else 3
+    lines = [title, f"{'model':{width}s} {'ranks':>5s} " + " ".join(f"{i:>10s}" for i in impls) + "".join(
+        f" {_label(o, p):>{c}s} {'95% CI':>11s} {'verdict':>7s}" for (o, p), c in zip(pairs, cols, strict=True))]
     for r in result["rows"]:
         lines.append(f"{r['model']:{width}s} {r['ranks']:5d} " + " ".join(
-            f"{r[f'{i}_samples_per_sec']:10.1f}" for i in impls) + "".join(
-            f" {r[f'{o}_vs_{p}']:{c - 1}.3f}x {_spread(r[f'{o}_vs_{p}_per_round']):>11s}"
+            f"{r[f'{i}_{cell}']:10.{digits}f}" for i in impls) + "".join(
+            f" {r[f'{o}_vs_{p}{suffix}']:{c - 1}.3f}x {_ci_cells(r[f'{o}_vs_{p}{suffix}_ci'])}"
             for (o, p), c in zip(pairs, cols, strict=True)))
-    lines.append(f"samples/s: median of {result['rounds']} interleaved rounds; vs: ratio of the medians; "
-                 "(rounds): lowest-highest ratio within one round")
+    return lines
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = _table(result, "samples_per_sec", "", "samples/s (higher is better)")
+    n = result["rounds"]
+    cut = " (interrupted: the complete rounds only)" if result.get("interrupted") else ""
+    lines.append(f"samples/s: median of {n} interleaved round{'s' * (n != 1)}{cut}; vs: ratio of the medians; "
+                 + intervals.describe())
+    if all("hpctrain_cpu_ms_per_sample" in r for r in result["rows"]):
+        lines += ["", *_table(result, "cpu_ms_per_sample", "_cpu",
+                              "CPU ms per sample per rank (user+system, every thread; lower is better)")]
+        lines.append("CPU: medians of the rounds; vs: ratio of the medians ours/peer; ahead = less CPU per sample")
+        lines += ["", "step time p10/p50/p90 (ms, slowest rank) and involuntary context switches per step "
+                      "(mean over ranks), medians of the rounds"]
+        impls = result.get("impls", DEFAULT_IMPLS)
+        width = max([11, *(len(r["model"]) for r in result["rows"])])
+        lines.append(f"{'model':{width}s} {'ranks':>5s} " + " ".join(f"{i:>24s}" for i in impls))
+        for r in result["rows"]:
+            lines.append(f"{r['model']:{width}s} {r['ranks']:5d} " + " ".join(
+                f"{'/'.join(f'{v:.1f}' for v in r[f'{i}_step_ms'].values()):>15s} "
+                f"{r[f'{i}_involuntary_switches_per_step']:6.1f}cs" for i in impls))
+    if result.get("load"):
+        load = result["load"]
+        lines.append(f"machine load (1-min average as each run started): {load['min']:.1f}-{load['max']:.1f}, "
+                     f"median {load['median']:.1f}, on {result.get('host', {}).get('cpus', '?')} CPUs")
+    if result.get("until_ci") is not None:
+        reached = "reached" if result["ci_reached"] else f"NOT reached in {result['rounds']} rounds"
+        lines.append(f"--until-ci {result['until_ci']}: every samples/s interval within +-{result['until_ci']} "
+                     f"of its estimate: {reached}")
     return "\n".join(lines)
 
 
@@ -276,6 +371,9 @@ def add_arguments(parser: Any) -> None:
                          "data.num_classes=N, train.batch_size=N (after --batch), train.seed=N, model.args.K=V")
     parser.add_argument("--ranks", default="1,2", help="comma list of rank counts")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
+    parser.add_argument("--until-ci", type=float, metavar="W", help="after --rounds (at least 3), add rounds until "
+                        "every samples/s ratio's 95%% interval is within +-W of its estimate (e.g. 0.03)")
+    parser.add_argument("--max-rounds", type=int, default=20, help="with --until-ci: stop after this many rounds")
     parser.add_argument("--steps", type=int, help="steps per run (default: mlp-21m 150, cnn 500, transformer 100, "
                                                "--model 200; the first 5 steps are not timed)")
     parser.add_argument("--impls", help="hpctrain first, then api (hpctrain.fit from a script, mpirun) and peers: "
@@ -309,7 +407,11 @@ def main(args: Any) -> int:
     ranks = [int(v) for v in args.ranks.split(",")]
     impls = tuple(args.impls.split(",")) if args.impls else DEFAULT_IMPLS
     check_impls(impls, ranks, args.launcher)
-    result = compare(models, ranks, args.rounds, steps, impls, args.launcher)
+    if args.until_ci is not None and not 0 < args.until_ci < 1:
+        raise UserError(f"--until-ci {args.until_ci}: expected a half-width between 0 and 1 (e.g. 0.03: +-3%)")
+    if args.rounds < 1 or args.max_rounds < 1:
+        raise UserError("--rounds and --max-rounds must be >= 1")
+    result = compare(models, ranks, args.rounds, steps, impls, args.launcher, args.until_ci, args.max_rounds)
     print(format_table(result))
     if args.json:
         write_atomic(Path(args.json), (json.dumps(result, indent=1) + "\n").encode())

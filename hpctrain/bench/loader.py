@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from hpctrain import intervals
 from hpctrain.data import convert, writer
 from hpctrain.data import format as fmt
 from hpctrain.data.reader import ReaderOptions, ShardedReader
@@ -154,6 +155,9 @@ def run(path: str | None, samples: int, shards: int, batch: int, window: int, re
             "hpctrain_first_batch_s": statistics.median(latency),
             "hpctrain_vs_raw": med["hpctrain"] / med["raw"],
             "hpctrain_vs_naive": med["hpctrain"] / med["naive"],
+            # the three ran back to back in each repeat: paired per-repeat ratios
+            "hpctrain_vs_raw_ci": intervals.paired_ratio(rates["hpctrain"], rates["raw"]).as_dict(),
+            "hpctrain_vs_naive_ci": intervals.paired_ratio(rates["hpctrain"], rates["naive"]).as_dict(),
         }
     if tmp is not None:
         tmp.cleanup()
@@ -172,9 +176,11 @@ def report(results: dict[str, Any]) -> str:
         r = results[mode]
         for name in ("raw", "hpctrain", "naive"):
             lines.append(f"{mode:<6}{name:<10}{r['samples_per_sec'][name]:>14,.0f}{r['mib_per_sec'][name]:>10,.0f}")
-        lines.append(f"{mode:<6}ratios: hpctrain/raw = {r['hpctrain_vs_raw']:.2f}x   "
-                     f"hpctrain/naive = {r['hpctrain_vs_naive']:.1f}x   "
+        lines.append(f"{mode:<6}ratios: hpctrain/raw = {r['hpctrain_vs_raw']:.2f}x{_ci(r, 'raw')}   "
+                     f"hpctrain/naive = {r['hpctrain_vs_naive']:.1f}x{_ci(r, 'naive')}   "
                      f"(hpctrain first batch after {r['hpctrain_first_batch_s'] * 1000:.0f} ms)")
+    lines.append(f"samples/s: median of the repeats; ratios: of the medians, [interval] verdict: "
+                 f"{intervals.describe().replace('round', 'repeat')}")
     return "\n".join(lines)
 
 
@@ -189,6 +195,11 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--naive-samples", type=int, default=5_000, help="samples timed for the naive loader")
     parser.add_argument("--no-cold", action="store_true", help="skip the cold-cache measurement")
     parser.add_argument("--json", help="also write the results to this file")
+
+
+def _ci(r: dict[str, Any], peer: str) -> str:
+    ci = r.get(f"hpctrain_vs_{peer}_ci")
+    return f" [{intervals.range_text(ci)}] {ci['verdict']}" if ci else ""
 
 
 def main(args: Any) -> None:

@@ -9,8 +9,10 @@ one, or a user's ``model.name = "package.module:callable"`` with ``model.args.*`
 described by ``data.sample_shape``/``sample_kind``/``num_classes``), on the same synthetic data with the
 same per-rank batch, threads and SGD kernel (fused), one GPU per rank where there are GPUs, copying each
 batch from host memory as hpctrain does; each prints one JSON line: samples/s over the steps after warm-up,
-from the slowest rank. The loss reads the logits from whatever the model returns (models.loss_fn: a tensor,
-a tuple, a dict or Hugging Face's ``.logits``).
+from the slowest rank, and the figures hpctrain's summary.json has from the same meter (hpctrain.usage): CPU
+seconds per sample and involuntary context switches per step of each rank, step-time percentiles. The
+loss reads the logits from whatever the model returns (models.loss_fn: a tensor, a tuple, a dict or Hugging
+Face's ``.logits``).
 
     python -m hpctrain.bench.peers horovod --steps 200 model.name=mlp model.width=2048 train.batch_size=64
 """
@@ -31,6 +33,7 @@ from hpctrain.config import Config, load
 from hpctrain.data import synthetic
 from hpctrain.data.pipeline import SampleShape, _synthetic_shape
 from hpctrain.launchers import cpu_threads
+from hpctrain.usage import StepUsage, summarise
 
 
 def problem(cfg: Config, local_size: int, local_rank: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -75,20 +78,33 @@ def sgd_step(forward: torch.nn.Module, opt: torch.optim.Optimizer) -> Callable[[
 
 
 def timed_loop(step: Callable[[torch.Tensor, torch.Tensor], None], x: torch.Tensor, y: torch.Tensor,
-               device: torch.device, batch: int, steps: int, warmup: int) -> tuple[float, int]:
-    """Seconds for the steps after warm-up (the same count as hpctrain's measured steps). On a GPU the
-    clock is read with the device idle, so queued kernels are counted in the steps that queued them."""
+               device: torch.device, batch: int, steps: int, warmup: int) -> tuple[float, int, list[float]]:
+    """Seconds for the steps after warm-up (the same count as hpctrain's measured steps), and this rank's
+    :class:`StepUsage` row over them (the step clock read as hpctrain's is: once per step, no device
+    sync). On a GPU the total is read with the device idle, so queued kernels count in their steps."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     n = len(x) // batch
     start = 0.0
+    usage = StepUsage()
     for i in range(steps):
         if i == warmup:
             sync()
             start = time.perf_counter()
+            usage.start(start)
         a = (i % n) * batch
         step(x[a:a + batch].to(device), y[a:a + batch].to(device))
+        if i >= warmup:
+            usage.step(time.perf_counter())
     sync()
-    return time.perf_counter() - start, steps - warmup
+    seconds = time.perf_counter() - start
+    usage.finish()
+    return seconds, steps - warmup, usage.row()
+
+
+def figures(table: torch.Tensor, seconds: float, steps: int, batch: int) -> dict[str, Any]:
+    """samples/s from the slowest rank's ``seconds``, and the usage figures from every rank's row."""
+    ranks = len(table)
+    return {"samples_per_sec": steps * batch * ranks / seconds, **summarise(table.numpy(), steps, batch)}
 
 
 def run_horovod(cfg: Config, args: argparse.Namespace) -> dict:
@@ -100,10 +116,12 @@ def run_horovod(cfg: Config, args: argparse.Namespace) -> dict:
     opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters(), op=hvd.Average)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     device = next(model.parameters()).device
-    seconds, steps = timed_loop(sgd_step(model, opt), x, y, device, cfg.train.batch_size, args.steps, args.warmup)
+    seconds, steps, usage = timed_loop(sgd_step(model, opt), x, y, device, cfg.train.batch_size, args.steps,
+                                       args.warmup)
     slowest = float(hvd.allreduce(torch.tensor(seconds), op=hvd.Max, name="bench.time"))
+    table = hvd.allgather(torch.tensor([usage], dtype=torch.float64), name="bench.usage")
     return {"impl": "horovod", "ranks": hvd.size(), "rank": hvd.rank(), "threads": torch.get_num_threads(),
-            "device": str(device), "samples_per_sec": steps * cfg.train.batch_size * hvd.size() / slowest}
+            "device": str(device), **figures(table, slowest, steps, cfg.train.batch_size)}
 
 
 def run_ddp(cfg: Config, args: argparse.Namespace) -> dict:
@@ -116,12 +134,15 @@ def run_ddp(cfg: Config, args: argparse.Namespace) -> dict:
     device = next(model.parameters()).device
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     opt = sgd(ddp.parameters(), cfg)
-    seconds, steps = timed_loop(sgd_step(ddp, opt), x, y, device, cfg.train.batch_size, args.steps, args.warmup)
+    seconds, steps, usage = timed_loop(sgd_step(ddp, opt), x, y, device, cfg.train.batch_size, args.steps,
+                                       args.warmup)
     t = torch.tensor(seconds, device=device)  # nccl reduces device tensors only
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    rows = [torch.zeros(len(usage), dtype=torch.float64, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(rows, torch.tensor(usage, dtype=torch.float64, device=device))
     result = {"impl": "ddp", "ranks": dist.get_world_size(), "rank": dist.get_rank(),
               "threads": torch.get_num_threads(), "device": str(device),
-              "samples_per_sec": steps * cfg.train.batch_size * dist.get_world_size() / float(t)}
+              **figures(torch.stack(rows).cpu(), float(t), steps, cfg.train.batch_size)}
     dist.barrier()  # measured: without it, a rank tearing down gloo first aborts its peer now and then
     dist.destroy_process_group()
     return result
@@ -131,9 +152,10 @@ def run_torch(cfg: Config, args: argparse.Namespace) -> dict:
     model, x, y = problem(cfg, 1, 0)
     device = next(model.parameters()).device
     opt = sgd(model.parameters(), cfg)
-    seconds, steps = timed_loop(sgd_step(model, opt), x, y, device, cfg.train.batch_size, args.steps, args.warmup)
+    seconds, steps, usage = timed_loop(sgd_step(model, opt), x, y, device, cfg.train.batch_size, args.steps,
+                                       args.warmup)
     return {"impl": "torch", "ranks": 1, "rank": 0, "threads": torch.get_num_threads(), "device": str(device),
-            "samples_per_sec": steps * cfg.train.batch_size / seconds}
+            **figures(torch.tensor([usage], dtype=torch.float64), seconds, steps, cfg.train.batch_size)}
 
 
 RUNNERS = {"horovod": run_horovod, "ddp": run_ddp, "torch": run_torch}

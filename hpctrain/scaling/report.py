@@ -12,6 +12,10 @@ With p ranks and p0 the smallest world size measured (normally 1):
   weak scaling (per-rank batch fixed):   efficiency = T_p0 / T_p
 Both equal p0 * X_p / (p * X_p0) when the study holds its batch fixed, which :func:`efficiency_table` checks.
 Repeated runs at one (mode, world size) are reduced by their median, which one slow repeat does not move.
+With two or more runs at a world size and at p0, its efficiency also gets a 95% interval: Welch's t-interval
+of the ratio of the geometric-mean step times T_p0/T_p (hpctrain.intervals.unpaired_ratio; the runs at p0 and
+at p are separate runs, so they are not paired), times p0/p for strong scaling, with a verdict against ideal
+scaling: ``behind`` (below 1), ``tie`` (1 inside the interval), ``ahead`` (super-linear).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from hpctrain import intervals
 from hpctrain.errors import UserError
 from hpctrain.files import read_jsonl, read_text, write_atomic
 from hpctrain.plots import label_log_axis
@@ -161,6 +166,11 @@ def efficiency_table(records: Sequence[dict[str, Any]], mode: str) -> list[dict[
         # so ideal T_p = T_p0.
         row["efficiency"] = p0 * t0 / (p * t) if mode == "strong" else t0 / t
         row["baseline_ranks"] = p0
+        row["efficiency_ci"] = None  # the baseline's is 1 by definition
+        if p != p0:
+            ci = intervals.unpaired_ratio([r["step_time_ms"]["max"] for r in by_ranks[p0]],
+                                          [r["step_time_ms"]["max"] for r in by_ranks[p]])
+            row["efficiency_ci"] = (ci.scaled(p0 / p) if mode == "strong" else ci).as_dict()
     return rows
 
 
@@ -475,19 +485,39 @@ def _render(records_path: Path, records: list[dict[str, Any]], tables: dict[str,
         if p0 != 1:
             out.append(f"No 1-rank run was recorded: the {p0}-rank run is the baseline.")
         phases = list(dict.fromkeys(k for r in rows if r["breakdown_ms"] for k in r["breakdown_ms"]))
-        head = ["ranks", "runs", "samples/s", "speedup", "efficiency", "step ms", *(f"{k} ms" for k in phases)]
+        head = ["ranks", "runs", "samples/s", "speedup", "efficiency", "95% CI", "verdict", "step ms",
+                *(f"{k} ms" for k in phases)]
         out += ["", _row(head), _row(["---:"] * len(head))]
         for r in rows:
             bd = r["breakdown_ms"] or {}
+            ci = r["efficiency_ci"]
             out.append(_row([str(r["ranks"]), str(r["runs"]), f"{r['samples_per_sec']:,.1f}", f"{r['speedup']:.2f}",
-                             f"{r['efficiency']:.1%}", f"{r['step_time_ms']:,.1f}",
-                             *(f"{bd[k]:,.1f}" if k in bd else "–" for k in phases)]))
+                             f"{r['efficiency']:.1%}", _ci_text(ci), "baseline" if ci is None else ci["verdict"],
+                             f"{r['step_time_ms']:,.1f}", *(f"{bd[k]:,.1f}" if k in bd else "–" for k in phases)]))
+        out += ["", _interval_note(rows)]
         out += ["", f"![{mode} scaling: throughput against ranks](throughput-{mode}.png)",
                 f"![{mode} scaling: efficiency against ranks](efficiency-{mode}.png)"]
 
     if comm is not None:
         out += _render_comm(comm)
     return "\n".join(out) + "\n"
+
+
+def _ci_text(ci: dict[str, Any] | None) -> str:
+    if ci is None:
+        return "–"
+    return "–" if ci["low"] is None else f"{ci['low']:.1%}–{ci['high']:.1%}"
+
+
+def _interval_note(rows: list[dict[str, Any]]) -> str:
+    note = ("95% CI: Welch's t-interval of the efficiency from the repeated runs at that rank count and at the "
+            "baseline (not paired: separate runs); verdict against ideal scaling (1.0): behind = below it, tie = "
+            "cannot be told from it, ahead = above it.")
+    single = [str(r["ranks"]) for r in rows if r["efficiency_ci"] is not None and r["efficiency_ci"]["low"] is None]
+    if single or rows[0]["runs"] < 2:
+        note += (" **No interval** (–) where the baseline or that rank count has a single run: one run says nothing "
+                 "about run-to-run spread; record at least 2, better 3 (`hpctrain scaling run --repeats 3`).")
+    return note
 
 
 def _row(cells: Sequence[str]) -> str:

@@ -87,7 +87,7 @@ def check_launcher(study: Study, env: dict[str, str]) -> None:
 def record(mode: str, summary: dict[str, Any], command: list[str]) -> dict[str, Any]:
     keep = ("world_size", "samples_per_sec", "samples_per_sec_per_rank", "step_time_ms", "breakdown_ms",
             "batch_size", "global_batch_size", "model", "num_parameters", "compression", "launcher",
-            "threads_per_rank")
+            "threads_per_rank", "cpu_s_per_sample", "involuntary_switches_per_step", "step_ms_percentiles")
     return {"mode": mode, **{k: summary[k] for k in keep if k in summary},
             "host": {"hostname": platform.node(), "cpus": os.cpu_count()}, "command": shlex.join(command),
             "time": time.time()}

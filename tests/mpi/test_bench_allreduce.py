@@ -2,10 +2,12 @@
 figures consistent with their definitions, the JSON record complete."""
 
 import json
+import statistics
 import sys
 
 import pytest
 
+from hpctrain import intervals
 from tests.launch import mpirun, run
 
 # The module's own parser and main, as the CLI will wire them; an exception on one rank ends the job
@@ -26,7 +28,7 @@ except BaseException:
 sys.exit(code)
 """
 IMPLS = ["horovod", "horovod-fp16", "mpi"]
-KEYS = {"bytes", "impl", "time_s", "algbw_GBps", "busbw_GBps", "iters"}
+KEYS = {"bytes", "impl", "time_s", "algbw_GBps", "busbw_GBps", "iters", "round_times_s"}
 
 
 def bench(tmp_path, ranks: int, *args: str) -> tuple[dict, str]:
@@ -46,12 +48,24 @@ def check_record(rec: dict, world: int, sizes: list[int], iters: int | None) -> 
         assert r["time_s"] > 0 and r["iters"] >= 3 and (iters is None or r["iters"] == iters)
         assert r["algbw_GBps"] == pytest.approx(r["bytes"] / r["time_s"] / 1e9)
         assert r["busbw_GBps"] == pytest.approx(r["algbw_GBps"] * 2 * (world - 1) / world)
+        assert len(r["round_times_s"]) == rec["rounds"] and r["time_s"] == statistics.median(r["round_times_s"])
+    by = {(r["bytes"], r["impl"]): r for r in rec["results"]}
+    assert [(v["bytes"], v["impl"]) for v in rec["vs_mpi"]] == [(s, i) for s in sizes for i in IMPLS[:2]]
+    for v in rec["vs_mpi"]:
+        assert v["ratio"] == pytest.approx(by[v["bytes"], v["impl"]]["time_s"] / by[v["bytes"], "mpi"]["time_s"])
+        assert v["ci"]["n"] == rec["rounds"] and v["ci"]["verdict"] in (*intervals.VERDICTS, intervals.NO_VERDICT)
+        assert (v["ci"]["low"] is None) == (rec["rounds"] == 1)
 
 
 def test_two_ranks(tmp_path):
     rec, out = bench(tmp_path, 2, "--max-size", "256KB", "--iters", "3")
     check_record(rec, 2, [4 << 10, 16 << 10, 64 << 10, 256 << 10], iters=3)
-    assert "memcpy (this machine's limit)" in out and "horovod/mpi time" in out
+    assert rec["rounds"] == 3  # the default: each ratio to raw MPI gets an interval
+    assert "memcpy (this machine's limit)" in out and "horovod/mpi time" in out and "95% CI" in out
+    first = rec["vs_mpi"][0]
+    line = next(ln for ln in out.splitlines() if ln.startswith("4KB ") and "x" in ln.split()[1])
+    assert line.split()[1:4] == [f"{first['ratio']:.2f}x", f"{first['ci']['low']:.2f}-{first['ci']['high']:.2f}",
+                                 first["ci"]["verdict"]]
     assert out.count("256KB   horovod ") == 1  # rank 0 alone prints
 
 
@@ -62,8 +76,9 @@ def test_two_ranks_adaptive_iterations_agree(tmp_path):
 
 
 def test_one_process(tmp_path):
-    rec, _ = bench(tmp_path, 1, "--min-size", "16KB", "--max-size", "64KB", "--iters", "3")
+    rec, out = bench(tmp_path, 1, "--min-size", "16KB", "--max-size", "64KB", "--iters", "3", "--rounds", "1")
     check_record(rec, 1, [16 << 10, 64 << 10], iters=3)
+    assert "median of 1 interleaved round;" in out  # one round: no interval, and the table says so
     assert all(r["busbw_GBps"] == 0 for r in rec["results"])
 
 

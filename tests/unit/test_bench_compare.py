@@ -101,7 +101,7 @@ def test_main_refuses_a_user_model_it_cannot_run_before_any_run(argv, message, e
 
 def test_main_runs_the_user_model_alone_or_beside_built_ins(examples, monkeypatch):
     seen = {}
-    monkeypatch.setattr(compare, "compare", lambda models, ranks, rounds, steps, impls, launcher: seen.update(
+    monkeypatch.setattr(compare, "compare", lambda models, ranks, rounds, steps, impls, launcher, *ci: seen.update(
         models=models, steps=steps, impls=impls) or {"rows": [], "rounds": rounds, "impls": list(impls)})
     compare.main(compare_args(*GPT2, "--model-args", "vocab_size=256", "--set", "train.batch_size=8",
                               "--batch", "4", "--impls", "hpctrain,api,horovod"))
@@ -160,28 +160,115 @@ def test_peers_describe_samples_as_hpctrains_pipeline_does(examples):
     assert models.loss_fn(model(x[:2]), y[:2]).ndim == 0  # the loss reads GPT-2's .logits
 
 
-def test_table_has_a_column_and_a_ratio_per_implementation():
-    row = {"model": "cnn", "ranks": 1, "hpctrain_samples_per_sec": 300.0, "torch_samples_per_sec": 250.0,
-           "hpctrain_vs_torch": 1.2, "hpctrain_vs_torch_per_round": [1.1, 1.3]}
-    text = compare.format_table({"rows": [row], "rounds": 2, "impls": ["hpctrain", "torch"]})
-    header, line, _ = text.splitlines()
-    assert header.split() == ["model", "ranks", "hpctrain", "torch", "vs", "torch", "(rounds)"]
-    assert line.split() == ["cnn", "1", "300.0", "250.0", "1.200x", "1.10-1.30"]
+def fake_run(rate, cpu_ms=1.0, switches=2.0):
+    return {"samples_per_sec": rate, "cpu_s_per_sample": cpu_ms / 1000, "involuntary_switches_per_step": switches,
+            "step_ms_percentiles": {"p10": 10.0, "p50": 11.0, "p90": 13.0}, "load": 1.5}
+
+
+def result_of(rows, impls, rounds):
+    return {"rows": rows, "rounds": rounds, "impls": list(impls), "load": {"min": 1.0, "median": 1.5, "max": 2.0},
+            "host": {"cpus": 2}, "until_ci": None}
+
+
+def test_table_has_a_column_a_ratio_an_interval_and_a_verdict_per_implementation():
+    runs = {"hpctrain": [fake_run(300.0, 2.0), fake_run(310.0, 2.0), fake_run(290.0, 2.1)],
+            "torch": [fake_run(250.0, 2.2), fake_run(255.0, 2.25), fake_run(245.0, 2.3)]}
+    row = compare.summarise_point("cnn", 1, runs, ["hpctrain", "torch"])
+    assert row["hpctrain_vs_torch"] == pytest.approx(300 / 250)
+    assert row["hpctrain_vs_torch_per_round"] == pytest.approx([300 / 250, 310 / 255, 290 / 245])
+    ci = row["hpctrain_vs_torch_ci"]
+    assert ci["verdict"] == "ahead" and ci["n"] == 3 and ci["low"] > 1
+    cpu = row["hpctrain_vs_torch_cpu_ci"]
+    assert cpu["verdict"] == "ahead" and cpu["high"] < 1  # less CPU per sample: ahead
+    assert row["hpctrain_cpu_ms_per_sample"] == pytest.approx(2.0) and row["torch_step_ms"]["p90"] == 13.0
+    text = compare.format_table(result_of([row], ["hpctrain", "torch"], 3))
+    lines = text.splitlines()
+    assert lines[1].split() == ["model", "ranks", "hpctrain", "torch", "vs", "torch", "95%", "CI", "verdict"]
+    assert lines[2].split() == ["cnn", "1", "300.0", "250.0", "1.200x", f"{ci['low']:.2f}-{ci['high']:.2f}", "ahead"]
+    cpu_line = next(ln for ln in lines if ln.startswith("cnn") and "2.000" in ln)
+    assert cpu_line.split()[-1] == "ahead" and "0.889x" in cpu_line  # 2.0 / 2.25, the medians' ratio
+    assert "machine load (1-min average as each run started): 1.0-2.0, median 1.5, on 2 CPUs" in text
+
+
+def test_one_round_prints_no_interval():
+    runs = {"hpctrain": [fake_run(100.0)], "horovod": [fake_run(101.0)]}
+    row = compare.summarise_point("cnn", 2, runs, ["hpctrain", "horovod"])
+    assert row["hpctrain_vs_horovod_ci"]["low"] is None
+    line = compare.format_table(result_of([row], ["hpctrain", "horovod"], 1)).splitlines()[2]
+    assert line.split()[-3:] == ["0.990x", "-", "-"]
 
 
 def test_table_gives_the_python_api_its_own_ratios():
     assert compare.ratios(("hpctrain", "api", "horovod")) == [
         ("hpctrain", "horovod"), ("api", "horovod"), ("api", "hpctrain")]
     assert compare.ratios(("hpctrain", "horovod", "ddp")) == [("hpctrain", "horovod"), ("hpctrain", "ddp")]
-    row = {"model": "mymodels:gpt2", "ranks": 2, "hpctrain_samples_per_sec": 100.0, "api_samples_per_sec": 99.0,
-           "horovod_samples_per_sec": 101.0}
-    for ours, peer in compare.ratios(("hpctrain", "api", "horovod")):
-        row[f"{ours}_vs_{peer}"] = row[f"{ours}_samples_per_sec"] / row[f"{peer}_samples_per_sec"]
-        row[f"{ours}_vs_{peer}_per_round"] = [row[f"{ours}_vs_{peer}"]]
-    header, line, _ = compare.format_table({"rows": [row], "rounds": 1,
-                                            "impls": ["hpctrain", "api", "horovod"]}).splitlines()
+    impls = ("hpctrain", "api", "horovod")
+    runs = {"hpctrain": [fake_run(100.0)], "api": [fake_run(99.0)], "horovod": [fake_run(101.0)]}
+    row = compare.summarise_point("mymodels:gpt2", 2, runs, impls)
+    header, line = compare.format_table(result_of([row], impls, 1)).splitlines()[1:3]
     assert len(header) == len(line)  # the columns line up, with a model name longer than the built-ins'
-    assert header.split() == ["model", "ranks", "hpctrain", "api", "horovod", "vs", "horovod", "(rounds)",
-                              "api", "vs", "horovod", "(rounds)", "api", "vs", "hpctrain", "(rounds)"]
-    assert line.split() == ["mymodels:gpt2", "2", "100.0", "99.0", "101.0", "0.990x", "0.99-0.99", "0.980x",
-                            "0.98-0.98", "0.990x", "0.99-0.99"]
+    assert header.split() == ["model", "ranks", "hpctrain", "api", "horovod", "vs", "horovod", "95%", "CI",
+                              "verdict", "api", "vs", "horovod", "95%", "CI", "verdict", "api", "vs", "hpctrain",
+                              "95%", "CI", "verdict"]
+    assert line.split() == ["mymodels:gpt2", "2", "100.0", "99.0", "101.0", "0.990x", "-", "-", "0.980x", "-", "-",
+                            "0.990x", "-", "-"]
+
+
+def scripted(monkeypatch, rate_of):
+    """compare.run_once replaced by recorded-like figures: ``rate_of(impl, round)``; returns the call log."""
+    calls = []
+
+    def run_once(impl, sets, ranks, steps, launcher="mpirun"):
+        calls.append(impl)
+        return fake_run(rate_of(impl, sum(c == impl for c in calls) - 1))
+
+    monkeypatch.setattr(compare, "run_once", run_once)
+    return calls
+
+
+def test_until_ci_stops_once_every_interval_is_narrow(monkeypatch):
+    # ours steadily 10% ahead, +-1% between rounds: three rounds give an interval well inside +-3%
+    calls = scripted(monkeypatch, lambda impl, r: (1100.0 if impl == "hpctrain" else 1000.0) * (1.01, 0.99)[r % 2])
+    result = compare.compare({"cnn": []}, [1], 1, {"cnn": 10}, ("hpctrain", "horovod"), until_ci=0.03, max_rounds=9)
+    assert result["rounds"] == compare.MIN_CI_ROUNDS == 3 and len(calls) == 6 and result["ci_reached"] is True
+    ci = result["rows"][0]["hpctrain_vs_horovod_ci"]
+    assert ci["verdict"] == "ahead" and ci["high"] - ci["estimate"] <= 0.03
+    assert "--until-ci 0.03: every samples/s interval within +-0.03 of its estimate: reached" in \
+        compare.format_table(result)
+
+
+def test_until_ci_gives_up_at_max_rounds_and_says_so(monkeypatch):
+    # rounds swing +-20% for ours only: no number of rounds up to 6 narrows that to +-3%
+    calls = scripted(monkeypatch, lambda impl, r: 1000.0 * ((1.2, 0.8)[r % 2] if impl == "hpctrain" else 1.0))
+    result = compare.compare({"cnn": []}, [1], 3, {"cnn": 10}, ("hpctrain", "horovod"), until_ci=0.03, max_rounds=6)
+    assert result["rounds"] == 6 and len(calls) == 12 and result["ci_reached"] is False
+    assert result["rows"][0]["hpctrain_vs_horovod_ci"]["verdict"] == "tie"
+    assert "NOT reached in 6 rounds" in compare.format_table(result)
+    calls.clear()  # without --until-ci: exactly --rounds
+    assert compare.compare({"cnn": []}, [1], 2, {"cnn": 10}, ("hpctrain", "horovod"))["rounds"] == 2
+    assert len(calls) == 4
+
+
+def test_interrupting_a_long_run_keeps_its_complete_rounds(monkeypatch):
+    def rate(impl, r):
+        if r == 2 and impl == "horovod":  # Ctrl-C in round 3, after hpctrain's run of it
+            raise KeyboardInterrupt
+        return 1000.0 + r
+
+    scripted(monkeypatch, rate)
+    result = compare.compare({"cnn": []}, [1], 5, {"cnn": 10}, ("hpctrain", "horovod"))
+    assert result["rounds"] == 2 and result["interrupted"] is True
+    assert result["rows"][0]["runs"] == {"hpctrain": [1000.0, 1001.0], "horovod": [1000.0, 1001.0]}
+    assert "median of 2 interleaved rounds (interrupted: the complete rounds only)" in compare.format_table(result)
+    scripted(monkeypatch, lambda impl, r: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):  # nothing finished: nothing to report
+        compare.compare({"cnn": []}, [1], 5, {"cnn": 10}, ("hpctrain", "horovod"))
+
+
+@pytest.mark.parametrize("argv, message", [(["--until-ci", "0"], "--until-ci 0.0"),
+                                           (["--until-ci", "1.5"], "between 0 and 1"),
+                                           (["--rounds", "0"], "--rounds and --max-rounds must be >= 1")])
+def test_bad_round_flags_are_refused(argv, message, monkeypatch):
+    monkeypatch.setattr(compare, "compare", lambda *a, **k: pytest.fail("ran despite a bad flag"))
+    with pytest.raises(UserError, match=message):
+        compare.main(compare_args(*argv))

@@ -76,6 +76,41 @@ def test_weak_efficiency_is_t1_over_tp():
     assert rows[1]["breakdown_ms"] == BREAKDOWN
 
 
+# Weak, 3 repeats per rank count: at 2 ranks every run clearly slower than at 1; at 4 ranks as fast as at 1
+# but noisy. The intervals must say behind (below ideal) and tie (ideal cannot be ruled out).
+REPEATED = [record("weak", p, t, 32) for p, ts in ((1, (10.0, 10.4, 9.7)), (2, (12.0, 12.5, 11.8)),
+                                                     (4, (8.0, 10.0, 12.5))) for t in ts]
+
+
+def test_repeated_runs_give_efficiency_intervals_and_verdicts():
+    rows = report.efficiency_table(REPEATED, "weak")
+    assert rows[0]["efficiency_ci"] is None  # the baseline: 1 by definition
+    two, four = rows[1]["efficiency_ci"], rows[2]["efficiency_ci"]
+    assert two["verdict"] == "behind" and two["high"] < 1 and two["n"] == 3 and two["method"].startswith("Welch")
+    # by hand: the ratio of the geometric means of the step times, T_1 / T_2
+    gm = lambda ts: math.exp(sum(map(math.log, ts)) / len(ts))
+    assert two["estimate"] == pytest.approx(gm((10.0, 10.4, 9.7)) / gm((12.0, 12.5, 11.8)))
+    assert two["low"] < rows[1]["efficiency"] < two["high"]
+    assert four["verdict"] == "tie" and four["low"] < 1 < four["high"]
+
+
+def test_strong_intervals_carry_the_p0_over_p_factor():
+    recs = [record("strong", p, t, 64) for p, ts in ((1, (100.0, 102.0)), (2, (55.0, 56.0))) for t in ts]
+    (_, two) = report.efficiency_table(recs, "strong")
+    ci = two["efficiency_ci"]
+    gm = lambda ts: math.exp(sum(map(math.log, ts)) / len(ts))
+    assert ci["estimate"] == pytest.approx(gm((100.0, 102.0)) / gm((55.0, 56.0)) / 2)
+    assert ci["low"] < two["efficiency"] < ci["high"] and ci["low"] > 0.5  # scaled, not the raw time ratio ~1.8
+
+
+def test_report_prints_the_intervals_of_repeated_runs(tmp_path):
+    pytest.importorskip("matplotlib")
+    text = report.write_report(write_jsonl(tmp_path / "r.jsonl", REPEATED), tmp_path / "out").read_text()
+    ci = report.efficiency_table(REPEATED, "weak")[1]["efficiency_ci"]
+    assert f"| {ci['low']:.1%}–{ci['high']:.1%} | behind |" in text.split("| 2 | 3 |")[1].splitlines()[0]
+    assert "No interval" not in text and "Welch's t-interval of the efficiency" in text
+
+
 def test_without_a_one_rank_run_the_smallest_is_the_baseline():
     rows = report.efficiency_table(STRONG[1:], "strong")
     assert rows[0]["baseline_ranks"] == 2
@@ -129,10 +164,13 @@ def test_write_report(tmp_path):
     path = report.write_report(records, out, allreduce_json=bench)
     assert path == out / "report.md"
     text = path.read_text()
-    assert "| ranks | runs | samples/s | speedup | efficiency | step ms |" in text
-    assert "| 2 | 3 | 180.0 | 1.80 | 90.0% | 2,000.0 |" in text
-    assert "| 4 | 1 | 300.0 | 3.00 | 75.0% | 1,200.0 |" in text
-    assert "| 4 | 1 | 10,240.0 | 3.20 | 80.0% | 12.5 | 1.0 | 6.0 | 2.0 | 0.5 |" in text
+    assert "| ranks | runs | samples/s | speedup | efficiency | 95% CI | verdict | step ms |" in text
+    # one run at the baseline: no interval, and the report says why
+    assert "| 1 | 1 | 100.0 | 1.00 | 100.0% | – | baseline | 3,600.0 |" in text
+    assert "| 2 | 3 | 180.0 | 1.80 | 90.0% | – | - | 2,000.0 |" in text
+    assert "| 4 | 1 | 300.0 | 3.00 | 75.0% | – | - | 1,200.0 |" in text
+    assert "| 4 | 1 | 10,240.0 | 3.20 | 80.0% | – | - | 12.5 | 1.0 | 6.0 | 2.0 | 0.5 |" in text
+    assert "**No interval** (–) where the baseline or that rank count has a single run" in text
     assert "allreduce_wait ms" in text and "hpctrain scaling run --mode weak" in text and "node01" in text
     assert "- intra-op threads per rank: 2 at 1 rank, 1 at 2 ranks, 1 at 4 ranks\n" in text
     assert "## Communication model (a model, not a measurement)" in text
