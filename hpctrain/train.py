@@ -127,7 +127,7 @@ class Trainer:
         if cfg.train.precision == "fp16" and rt.device.type == "cpu" and rt.is_root:
             log.warning("train.precision = \"fp16\" on a CPU: autocast runs about 27x slower than bf16 here; "
                         "use train.precision=bf16 (no loss scaler needed)")
-        self.scaler = (torch.amp.GradScaler(rt.device.type, init_scale=cfg.train.loss_scale)
+        self.scaler = (optim.grad_scaler(rt.device.type, cfg.train.loss_scale, self.optimizer)
                        if cfg.train.precision == "fp16" else None)
         self.teacher = (rt.agree(lambda: distill.load_teacher(cfg.distill.teacher, rt.device))
                         if cfg.distill.teacher else None)
@@ -300,7 +300,7 @@ class Trainer:
                                   "setting, or start afresh with --resume never (or another run.dir)", agreed=True)
         try:
             self.model.load_state_dict(tensors["model.pt"])
-            self.optimizer.load_state_dict(tensors["optimizer.pt"])
+            optim.load_state(self.optimizer, self.model, tensors["optimizer.pt"])
             self.data.train.load_state_dict(state["data"])
         except (RuntimeError, ValueError, KeyError, UserError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -324,7 +324,7 @@ class Trainer:
         """Collective: every rank contributes its RNG state; rank 0 writes; all agree on the outcome."""
         self.watchdog.enter("checkpoint")
         tensors, state = self.state_dict()
-        error = self.checkpointer.save(self.step, tensors, state, sync=sync)
+        error = self.checkpointer.save(self.step, tensors, state, sync=sync, shard=optim.shard_of(self.optimizer))
         self._check_checkpoint_error(error)
 
     def _check_checkpoint_error(self, error: str | None) -> None:
@@ -364,7 +364,7 @@ class Trainer:
         if self.scaler:
             self.scaler.unscale_(self.optimizer)  # after synchronize: every rank sees the same inf/nan
         if cfg.clip_norm:
-            self.grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm))
+            self.grad_norm = optim.clip_grad_norm(self.optimizer, self.model, cfg.clip_norm)
         with self.optimizer.skip_synchronize():
             if self.scaler:
                 scale = self.scaler.get_scale()
