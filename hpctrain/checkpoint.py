@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 from hpctrain import files
-from hpctrain.config import CheckpointConfig, FaultConfig, UserError
+from hpctrain.config import CheckpointConfig, FaultConfig
+from hpctrain.errors import UserError
 
 log = logging.getLogger(__name__)
 

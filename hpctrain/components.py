@@ -18,7 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hpctrain.config import ConfigError, UserError
+from hpctrain.config import ConfigError
+from hpctrain.errors import UserError
 
 _OWN_DIR = str(Path(__file__).resolve().parent)
 # frames that are only plumbing between hpctrain and the user's code: torch's module call wrappers

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import tomllib
 import types
@@ -22,17 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-
-class UserError(Exception):
-    """An error the user can fix (bad input, config, data or launch); the CLI exits 2 with its message.
-
-    ``agreed=True`` says every rank raised it together (after a collective check), so the job can end
-    cleanly on every rank; otherwise one rank may be alone with it and the CLI aborts the MPI world.
-    """
-
-    def __init__(self, message: str, agreed: bool = False) -> None:
-        super().__init__(message)
-        self.agreed = agreed
+from hpctrain.errors import UserError
 
 
 class ConfigError(UserError):
@@ -85,7 +76,8 @@ class TrainConfig:
     steps: int = _f(100, "optimizer steps to run (one step = one all-reduced update)")
     batch_size: int = _f(32, "samples per rank per step (global batch = batch_size x world size)")
     seed: int = _f(1234, "seed for model init, data order and every rank's RNG")
-    warmup_steps: int = _f(5, "steps excluded from throughput figures (warm-up, first all-reduce negotiation)")
+    untimed_steps: int = _f(5, "first steps left out of throughput figures (allocator warm-up, first all-reduce "
+                               "negotiation); was train.warmup_steps")
     precision: Literal["fp32", "bf16", "fp16"] = _f(
         "fp32", "autocast precision of forward/backward; fp16 adds a loss scaler (overflow steps skipped on all ranks)")
     loss_scale: float = _f(65536.0, "fp16: initial loss scale (halved on overflow, grown after 2000 good steps)")
@@ -101,7 +93,7 @@ class TrainConfig:
         _check(self.steps >= 1, "train.steps", "must be >= 1")
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         _check(self.seed >= 0, "train.seed", "must be >= 0")
-        _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _check(self.untimed_steps >= 0, "train.untimed_steps", "must be >= 0")
         _check(self.loss_scale > 0, "train.loss_scale", "must be > 0")
         _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
         _check(self.batch_size % self.grad_accum == 0, "train.grad_accum",
@@ -466,8 +458,30 @@ def _did_you_mean(word: str, choices: Sequence[str]) -> str:
     return f"did you mean {close[0]!r}? " if close else ""
 
 
+# Keys renamed so that one word means one thing: the old name still works, with a warning, until 0.3.
+RENAMED_KEYS = {"train.warmup_steps": "train.untimed_steps"}
+
+
+def _rename_old_keys(tree: dict[str, Any], source: str) -> None:
+    for old, new in RENAMED_KEYS.items():
+        section, old_key = old.split(".")
+        values = tree.get(section)
+        if not isinstance(values, dict) or old_key not in values:
+            continue
+        new_key = new.split(".")[1]
+        if new_key in values:
+            raise ConfigError(f"{source}: {old} and {new} are both set; {old} is the old name of {new}: keep one")
+        values[new_key] = values.pop(old_key)
+        from hpctrain.errors import env_rank
+
+        if env_rank() == 0:
+            logging.getLogger("hpctrain").warning("%s: %s is renamed %s; the old name stops working in 0.3",
+                                                  source, old, new)
+
+
 def from_dict(tree: dict[str, Any], source: str = "config") -> Config:
     """Build and validate a :class:`Config` from nested ``{section: {key: value}}`` data."""
+    _rename_old_keys(tree, source)
     sections = _sections()
     built: dict[str, Any] = {}
     for name, values in tree.items():

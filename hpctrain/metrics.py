@@ -1,7 +1,7 @@
 """What a run reports: metrics.jsonl (rank 0), the progress bar, the end-of-run summary.json.
 
-Throughput is measured on every rank, after the warm-up steps, and reduced across ranks (min/mean/max):
-never rank 0's rate times the world size.
+Throughput is measured on every rank, after the untimed first steps (train.untimed_steps), and reduced
+across ranks (min/mean/max): never rank 0's rate times the world size.
 """
 
 from __future__ import annotations
@@ -59,20 +59,20 @@ class Metrics:
     """Collects per-step timings on every rank; every ``log_every`` steps agrees on loss and rates."""
 
     def __init__(self, cfg: RunConfig, rt: Runtime, run_dir: Path, total_steps: int, batch_size: int,
-                 warmup_steps: int) -> None:
+                 untimed_steps: int) -> None:
         self.cfg = cfg
         self.rt = rt
         self.run_dir = run_dir
         self.batch_size = batch_size
-        self.warmup_steps = warmup_steps
+        self.untimed_steps = untimed_steps  # as configured; _untimed is what is left of them in this segment
         self.total_steps = total_steps
         self.first_loss: float | None = None
         self.last_loss: float | None = None
         self._interval_start = time.perf_counter()
         self._interval_steps = 0
-        self._warmup_steps = warmup_steps
-        self._warmup_end = warmup_steps
-        self._measure_start: float | None = None  # perf_counter at the end of the last warm-up step
+        self._untimed = untimed_steps
+        self._untimed_end = untimed_steps
+        self._measure_start: float | None = None  # perf_counter at the end of the last untimed step
         self._measured_steps = 0
         self._last_step_end = time.perf_counter()
         self._interval_phases = np.zeros(len(PHASES))
@@ -104,7 +104,7 @@ class Metrics:
             self._jsonl = None
 
     def start(self, step: int) -> None:
-        """Call once before the first step (``step`` > 0 when resuming): warm-up counts from here."""
+        """Call once before the first step (``step`` > 0 when resuming): untimed steps count from here."""
         self._measure_from(step)
         if self._bar is not None:
             self._bar.update(step)
@@ -114,9 +114,9 @@ class Metrics:
         self._interval_start = now
         self._interval_steps = 0
         self._interval_phases[:] = 0
-        self._warmup_steps = min(self.warmup_steps, self.total_steps - step - 1)
-        self._warmup_end = step + self._warmup_steps
-        self._measure_start = now if self._warmup_steps <= 0 else None
+        self._untimed = min(self.untimed_steps, self.total_steps - step - 1)
+        self._untimed_end = step + self._untimed
+        self._measure_start = now if self._untimed <= 0 else None
         self._measured_steps = 0
         self._measured_phases[:] = 0
         self._interval_aligned = False  # see step_done
@@ -125,7 +125,7 @@ class Metrics:
         """Record one finished step (1-based ``step``) and its seconds per phase (:data:`PHASES`); at log
         steps this is a collective on all ranks."""
         log_step = not (step % self.cfg.log_every and step != self.total_steps and step != 1)
-        if self.rt.device.type == "cuda" and (log_step or step == self._warmup_end):
+        if self.rt.device.type == "cuda" and (log_step or step == self._untimed_end):
             # the host runs ahead of the GPU: read the clock where intervals start and end with the queue
             # drained, so each interval's throughput counts the kernels its steps launched (one wait per log)
             torch.cuda.synchronize(self.rt.device)
@@ -134,9 +134,9 @@ class Metrics:
         self._interval_steps += 1
         if phases is not None:
             self._interval_phases += phases
-        if step == self._warmup_end and self._measure_start is None:
+        if step == self._untimed_end and self._measure_start is None:
             self._measure_start = now
-        elif step > self._warmup_end:
+        elif step > self._untimed_end:
             self._measured_steps += 1
             if phases is not None:
                 self._measured_phases += phases
@@ -207,7 +207,7 @@ class Metrics:
         return hvd.allgather(row, name=name) if self.rt.size > 1 else row  # dist
 
     def summary(self, extra: dict[str, Any]) -> dict[str, Any]:
-        """Post-warm-up throughput reduced over ranks (a collective); rank 0 writes summary.json."""
+        """Throughput after the untimed steps, reduced over ranks (a collective); rank 0 writes summary.json."""
         end = self._last_step_end  # throughput of the training steps: not of the evaluation or checkpoint after
         elapsed = end - self._measure_start if self._measure_start is not None else float("nan")
         steps = self._measured_steps
@@ -221,7 +221,7 @@ class Metrics:
             "batch_size": self.batch_size,
             "global_batch_size": self.batch_size * self.rt.size,
             "measured_steps": steps,
-            "warmup_steps": self._warmup_steps,
+            "untimed_steps": self._untimed,
             "samples_per_sec": float(steps * self.batch_size * self.rt.size / table[:, 0].max()),
             "samples_per_sec_per_rank": _stats(per_rank),
             "step_time_ms": _stats(table[:, 0] * 1000 / max(steps, 1)),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hpctrain import plots
-from hpctrain.config import UserError
+from hpctrain.errors import UserError
 from hpctrain.files import read_jsonl, read_text, write_atomic
 
 MISSING = "not found (is this a run directory?)"
@@ -139,7 +139,7 @@ def _render(summary: dict[str, Any], train: list[dict[str, Any]], val: list[dict
         f"{_fmt(per_rank['mean'], ',.1f')} mean (min {_fmt(per_rank['min'], ',.1f')}, "
         f"max {_fmt(per_rank['max'], ',.1f')})",
         f"- step time: {_fmt(step_ms['mean'], '.2f')} ms mean (min {_fmt(step_ms['min'], '.2f')}, "
-        f"max {_fmt(step_ms['max'], '.2f')}), after {summary.get('warmup_steps', 'n/a')} warm-up steps",
+        f"max {_fmt(step_ms['max'], '.2f')}), after {_untimed(summary)} untimed steps",
         "",
     ]
     if val:
@@ -181,3 +181,8 @@ def write_run_report(run_dir: str | os.PathLike[str]) -> Path:
     report = run_dir / "report.md"
     write_atomic(report, _render(summary, train, val, "loss.png").encode())
     return report
+
+
+def _untimed(summary: dict[str, Any]) -> Any:
+    """Steps left out of the throughput; summaries from before 0.2 call them warmup_steps."""
+    return summary.get("untimed_steps", summary.get("warmup_steps", "n/a"))

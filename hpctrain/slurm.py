@@ -7,6 +7,9 @@ written as single-quoted shell words.
 
 from __future__ import annotations
 
+import argparse
+import importlib.resources
+import logging
 import re
 import shlex
 import shutil
@@ -17,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpctrain import config as config_mod
-from hpctrain.config import UserError
+from hpctrain.errors import UserError
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "slurm"
+log = logging.getLogger("hpctrain")
 BEGIN, END = "# --- sbatch options", "# --- end of sbatch options ---"
 
 # What each #SBATCH value may contain: enough for real names, times and paths, never a quote, `$`, space or newline.
@@ -98,9 +101,7 @@ def render(config_path: str | None, overrides: list[str], job: JobOptions) -> st
     if not _PATH.match(output):
         raise SlurmError(f"run.dir {cfg.run.dir!r} cannot be used in #SBATCH --output (spaces, quotes or $): "
                          "pass --output PATH")
-    template = (TEMPLATES / "train.sbatch")
-    if not template.exists():
-        raise SlurmError(f"{template}: batch script template not found (hpctrain must run from its repository)")
+    template = template_path()
     text = template.read_text()
     head, _, rest = text.partition(BEGIN)
     _, _, tail = rest.partition(END)
@@ -134,3 +135,51 @@ def submit(script: str, run_dir: Path) -> tuple[str, Path]:
         path.unlink()
         raise SlurmError(f"sbatch refused the job: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc.stdout.strip().split(";")[0], path
+
+
+def template_path(name: str = "train.sbatch") -> Path:
+    """The batch-script template shipped with the package (package data, so an installed hpctrain finds it
+    without the source tree); a file on disk, as sbatch needs one."""
+    path = Path(str(importlib.resources.files("hpctrain") / "templates" / name))
+    if not path.is_file():
+        raise SlurmError(f"{path}: batch script template missing from this hpctrain installation: reinstall it")
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`hpctrain slurm render | submit`."""
+    ssub = parser.add_subparsers(dest="slurm_command", required=True)
+    for name, what in (("render", "print the batch script"), ("submit", "write it under <run.dir>/slurm/, "
+                                                                        "sbatch it, print the job id")):
+        sp = ssub.add_parser(name, help=what)
+        sp.add_argument("--config", help="TOML config file for hpctrain train")
+        sp.add_argument("--nodes", type=int, default=1)
+        tasks = sp.add_mutually_exclusive_group()
+        tasks.add_argument("--ntasks", type=int, help="ranks in all")
+        tasks.add_argument("--ntasks-per-node", type=int, help="ranks per node (default: GPUs per node, or 1)")
+        sp.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node, one rank each (0: CPU job)")
+        sp.add_argument("--time", default="01:00:00", help="time limit (default 01:00:00)")
+        sp.add_argument("--partition", default="")
+        sp.add_argument("--account", default="")
+        sp.add_argument("--job-name", default="hpctrain")
+        sp.add_argument("--signal-grace", type=int, default=120, metavar="SECONDS",
+                        help="SIGUSR1 this long before the time limit: checkpoint and requeue (default 120)")
+        sp.add_argument("--max-restarts", type=int, default=5, help="requeues before giving up (default 5)")
+        sp.add_argument("--output", default="", help="sbatch --output pattern (default <run.dir>/logs/%%x-%%j.out)")
+        sp.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+
+
+def main(args: argparse.Namespace) -> int:
+    job = JobOptions(nodes=args.nodes, ntasks=args.ntasks, ntasks_per_node=args.ntasks_per_node,
+                           gpus_per_node=args.gpus_per_node, time=args.time, partition=args.partition,
+                           account=args.account, job_name=args.job_name, signal_grace_s=args.signal_grace,
+                           max_restarts=args.max_restarts, output=args.output)
+    script = render(args.config, args.overrides, job)
+    if args.slurm_command == "render":
+        print(script, end="")
+        return 0
+    run_dir = Path(config_mod.load(args.config, args.overrides).run.dir).resolve()
+    job_id, path = submit(script, run_dir)
+    print(job_id)
+    log.info("submitted %s as job %s; logs in %s", path, job_id, run_dir / "logs")
+    return 0

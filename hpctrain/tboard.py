@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from hpctrain.config import UserError
+from hpctrain.errors import UserError
 
 _SKIP = ("step", "time")  # so a metrics.jsonl record can be passed as it is: these are not scalars to plot
 

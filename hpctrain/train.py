@@ -25,13 +25,15 @@ import torch
 from torch import nn
 
 import hpctrain
-from hpctrain import checkpoint, components, distill, models, optim, runtime, schedule
+from hpctrain import checkpoint, components, dist, distill, models, optim, runtime
 from hpctrain import config as config_mod
 from hpctrain.checkpoint import Checkpointer, CheckpointError, StopFlag, StopVote, Watchdog, capture_rng, restore_rng
-from hpctrain.config import Config, ConfigError, UserError
+from hpctrain.config import Config, ConfigError
 from hpctrain.data import pipeline
 from hpctrain.data.pipeline import BatchOptions, DataPipeline, Given, SampleShape
+from hpctrain.errors import UserError
 from hpctrain.metrics import PHASES, Metrics, params_sha256
+from hpctrain.optim import schedule
 from hpctrain.runtime import Runtime, rank_seed, seed_everything
 
 log = logging.getLogger(__name__)
@@ -175,7 +177,7 @@ class Trainer:
         if not rt.elastic:
             hvd.barrier()  # dist: rank 0 has created run_dir before any rank opens files in it
         self.metrics = Metrics(cfg.run, rt, self.run_dir, cfg.train.steps, cfg.train.batch_size,
-                               cfg.train.warmup_steps)
+                               cfg.train.untimed_steps)
         if self.first_loss is not None:
             self.metrics.first_loss = self.first_loss
         if rt.is_root:
@@ -215,16 +217,16 @@ class Trainer:
         raises all end here with one line naming the key. Draws no random numbers and moves no data position."""
         given = self.parts.train_data is not None, self.parts.val_data is not None
         train_key = "train_data" if given[0] else "data.path" if self.cfg.data.reads_files else "data"
-        sources: list[tuple[str, str, Callable[[int], pipeline.Batch | None]]] = [
+        probes: list[tuple[str, str, Callable[[int], pipeline.Batch | None]]] = [
             ("train", train_key, self.data.train.first)]
         if self.data.val is not None:
             val_key = "val_data" if given[1] else "data.val_path" if self.cfg.data.val_path else "data.val_samples"
-            sources.append(("val", val_key, self.data.val.first))
+            probes.append(("val", val_key, self.data.val.first))
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                for which, key, first in sources:
+                for which, key, first in probes:
                     batch = first(PROBE_SAMPLES)
                     if batch is None:
                         continue
@@ -614,8 +616,8 @@ def describe_summary(summary: dict[str, Any], run_dir: Path) -> str:
             f"({summary['launcher']}, {summary['controller']} controller, compression {summary['compression']})\n"
             f"  loss {_fmt(summary['initial_loss'], '.4f')} -> {_fmt(summary['final_loss'], '.4f')}\n{val}"
             + (f"  throughput {rate:,.0f} samples/s global, {per_rank:,.0f} samples/s per rank, "
-               f"step {summary['step_time_ms']['mean']:.1f} ms (after {summary['warmup_steps']} warm-up steps)\n"
-               if summary.get("measured_steps") else "  throughput: no step measured after warm-up\n") +
+               f"step {summary['step_time_ms']['mean']:.1f} ms (after {summary['untimed_steps']} untimed steps)\n"
+               if summary.get("measured_steps") else "  throughput: no step measured after the untimed steps\n") +
             f"  step time ms: {phases}\n"
             f"  outputs in {run_dir}/: metrics.jsonl, summary.json, config.toml, model.pt, report.md, tensorboard/\n"
             f"  params_sha256 {summary['params_sha256']}")
@@ -628,7 +630,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def end_job() -> None:
     """From the watchdog thread: take every rank of the job down now (exit code 1)."""
-    runtime.abort_world(1)
+    dist.abort_world(1)
     os._exit(1)  # no MPI world (one process, or the Gloo controller: horovodrun then ends the others)
 
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from hpctrain.data import sources, writer
+from hpctrain.data import convert, writer
 
 
 def make_dataset(root: Path, samples: int = 300, shards: int = 3, chunk: int = 8, shape=(4,),
                  compression: str = "none", name: str = "ds"):
     """A 'vectors' dataset whose x[i, 0] == i, so every sample read back names its own id."""
-    fields, read, meta = sources.synthetic_source("vectors", samples, seed=1, shape=shape)
+    fields, read, meta = convert.synthetic_input("vectors", samples, seed=1, shape=shape)
 
     def numbered(a, b):
         arrays = read(a, b)

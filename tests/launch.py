@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from hpctrain.runtime import mpirun_command
+from hpctrain.launchers import mpirun_command
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the virtualenv running pytest has hpctrain, horovodrun, torchrun

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from hpctrain.config import UserError
+from hpctrain.errors import UserError
 from hpctrain.files import write_atomic
 
 IMPLS = ("horovod", "horovod-fp16", "mpi")

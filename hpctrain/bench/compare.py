@@ -28,9 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from hpctrain import config as config_mod
-from hpctrain.config import RunConfig, UserError, load
+from hpctrain.config import RunConfig, load
+from hpctrain.errors import UserError
 from hpctrain.files import write_atomic
-from hpctrain.runtime import malloc_thresholds, mpirun_command
+from hpctrain.launchers import mpirun_command
+from hpctrain.runtime import malloc_thresholds
 
 MODELS = {  # name: the `hpctrain train` overrides that define it (model and per-rank batch)
     "mlp-21m": ("model.name=mlp", "model.width=2048", "model.depth=6", "train.batch_size=64"),
@@ -259,6 +261,31 @@ def check_user_model(sets: tuple[str, ...]) -> None:
         sample_shape(cfg)
     except UserError as e:
         raise UserError(f"--set: {e} (e.g. --set data.sample_shape=[3,32,32] --set data.num_classes=10)") from None
+
+
+def add_arguments(parser: Any) -> None:
+    parser.add_argument("--models", help="comma list of mlp-21m, cnn, transformer (default mlp-21m,cnn; none when "
+                                     "--model is given)")
+    parser.add_argument("--model", metavar="MODULE:CALLABLE", help="a model of your own by import path (its "
+                    "directory on PYTHONPATH), built with --model-args, its synthetic samples from --set; run "
+                    "beside the --models named, else alone")
+    parser.add_argument("--model-args", metavar="K=V,K=V", help="--model's keyword arguments: key=value,key=value "
+                    "(TOML values) or a JSON object")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="for --model, repeatable: data.sample_shape=[3,32,32], data.sample_kind=classes|tokens, "
+                         "data.num_classes=N, train.batch_size=N (after --batch), train.seed=N, model.args.K=V")
+    parser.add_argument("--ranks", default="1,2", help="comma list of rank counts")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported")
+    parser.add_argument("--steps", type=int, help="steps per run (default: mlp-21m 150, cnn 500, transformer 100, "
+                                               "--model 200; the first 5 steps are not timed)")
+    parser.add_argument("--impls", help="hpctrain first, then api (hpctrain.fit from a script, mpirun) and peers: "
+                                    "horovod (raw loop, mpirun), ddp (torchrun), torch (plain loop, one process); "
+                                    "default hpctrain,horovod,ddp")
+    parser.add_argument("--launcher", default="mpirun", choices=["mpirun", "direct"],
+                    help="how hpctrain and the raw Horovod loop start: mpirun, or direct (one process, no MPI "
+                         "launcher; --ranks 1)")
+    parser.add_argument("--batch", type=int, help="per-rank batch for every model (default: each model's own)")
+    parser.add_argument("--json", help="also write the results to this file")
 
 
 def main(args: Any) -> int:

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from hpctrain.data import convert, writer
 from hpctrain.data import format as fmt
-from hpctrain.data import sources, writer
 from hpctrain.data.reader import ReaderOptions, ShardedReader
 from hpctrain.files import write_atomic
 
@@ -113,7 +113,7 @@ def run(path: str | None, samples: int, shards: int, batch: int, window: int, re
     if path is None:
         tmp = tempfile.TemporaryDirectory(prefix="hpctrain-bench-")
         root = Path(tmp.name) / "ds"
-        fields, read, meta = sources.synthetic_source("images", samples, seed=0)
+        fields, read, meta = convert.synthetic_input("images", samples, seed=0)
         writer.write_dataset(root, fields, read, samples, writer.WriteOptions(shards, metadata=meta))
     else:
         root = Path(path)
@@ -176,6 +176,19 @@ def report(results: dict[str, Any]) -> str:
                      f"hpctrain/naive = {r['hpctrain_vs_naive']:.1f}x   "
                      f"(hpctrain first batch after {r['hpctrain_first_batch_s'] * 1000:.0f} ms)")
     return "\n".join(lines)
+
+
+def add_arguments(parser: Any) -> None:
+    parser.add_argument("--path", help="existing dataset (default: generate synthetic images in a temp dir)")
+    parser.add_argument("--samples", type=int, default=20_000, help="generated dataset size (12 KiB/sample)")
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--window", type=int, default=4096, help="reader shuffle window")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs the hpctrain reader is timed over")
+    parser.add_argument("--naive-samples", type=int, default=5_000, help="samples timed for the naive loader")
+    parser.add_argument("--no-cold", action="store_true", help="skip the cold-cache measurement")
+    parser.add_argument("--json", help="also write the results to this file")
 
 
 def main(args: Any) -> None:

@@ -30,7 +30,7 @@ from hpctrain import models
 from hpctrain.config import Config, load
 from hpctrain.data import synthetic
 from hpctrain.data.pipeline import SampleShape, _synthetic_shape
-from hpctrain.runtime import cpu_threads
+from hpctrain.launchers import cpu_threads
 
 
 def problem(cfg: Config, local_size: int, local_rank: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from hpctrain.config import UserError
+from hpctrain.errors import UserError
 from hpctrain.files import sha256_file
 
 FORMAT_NAME = "hpctrain.sharded-hdf5"

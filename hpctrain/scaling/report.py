@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from hpctrain.config import UserError
+from hpctrain.errors import UserError
 from hpctrain.files import read_jsonl, read_text, write_atomic
 from hpctrain.plots import label_log_axis
 

@@ -15,14 +15,14 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hpctrain import config as config_mod
-from hpctrain.config import UserError
-from hpctrain.runtime import mpirun_command
-
-REPO = Path(__file__).resolve().parents[2]
+from hpctrain.errors import UserError
+from hpctrain.launchers import mpirun_command
+from hpctrain.slurm import template_path
 
 
 class StudyError(UserError):
@@ -37,16 +37,51 @@ def batch_for(mode: str, ranks: int, per_rank: int, global_batch: int) -> int:
     return global_batch // ranks
 
 
-def launch(ranks: int, train_args: list[str], slurm: bool, log_dir: Path) -> list[str]:
+LAUNCHERS = ("mpirun", "sbatch", "srun")
+
+
+@dataclass(frozen=True)
+class Study:
+    """One weak or strong scaling study: what `hpctrain scaling run` was asked."""
+
+    mode: str  # weak | strong
+    ranks: list[int]
+    config: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    global_batch: int | None = None  # strong: split over the ranks (default: train.batch_size x max ranks)
+    repeats: int = 1
+    launcher: str = "mpirun"  # mpirun: this machine; sbatch: one job per point; srun: steps of this allocation
+
+
+def launch(ranks: int, train_args: list[str], launcher: str, log_dir: Path) -> list[str]:
     hpctrain = str(Path(sys.executable).parent / "hpctrain")
-    if slurm:
+    if launcher == "sbatch":
         if shutil.which("sbatch") is None:
-            raise StudyError("--slurm: sbatch not found (on a login node, or after slurm/local/up.sh with SLURM_CONF)")
+            raise StudyError("--launcher sbatch: sbatch not found (on a login node, or after slurm/local/up.sh "
+                             "with SLURM_CONF)")
         # --wait: sbatch returns when the job ends, with its exit code; the batch script is the one users submit
         return ["sbatch", "--wait", "--parsable", "--nodes=1", f"--ntasks-per-node={ranks}", "--overcommit",
                 "--job-name=hpctrain-scaling",
-                f"--output={log_dir}/slurm-%j.out", str(REPO / "slurm" / "train.sbatch"), *train_args]
+                f"--output={log_dir}/slurm-%j.out", str(template_path("train.sbatch")), *train_args]
+    if launcher == "srun":
+        # --exact: each step takes only the CPUs it asks for, so a 1-rank point is not spread over the allocation
+        return ["srun", "--mpi=pmix", f"--ntasks={ranks}", "--exact",
+                f"--cpu-bind={os.environ.get('HPCTRAIN_CPU_BIND', 'cores')}", "--kill-on-bad-exit=1",
+                hpctrain, "train", *train_args]
     return mpirun_command(ranks, hpctrain, "train", *train_args)
+
+
+def check_launcher(study: Study, env: dict[str, str]) -> None:
+    if study.launcher not in LAUNCHERS:
+        raise StudyError(f"--launcher: {study.launcher!r} is not one of {', '.join(LAUNCHERS)}")
+    if study.launcher == "srun":
+        if "SLURM_JOB_ID" not in env or shutil.which("srun") is None:
+            raise StudyError("--launcher srun runs the points as steps of a Slurm allocation: use it inside "
+                             "sbatch or salloc (slurm/scaling.sbatch does), or use --launcher sbatch")
+        tasks = int(env.get("SLURM_NTASKS", "1"))
+        if max(study.ranks) > tasks:
+            raise StudyError(f"--ranks {max(study.ranks)}: the allocation has {tasks} tasks (SLURM_NTASKS); "
+                             "ask sbatch for more or drop the larger rank counts")
 
 
 def record(mode: str, summary: dict[str, Any], command: list[str]) -> dict[str, Any]:
@@ -58,18 +93,19 @@ def record(mode: str, summary: dict[str, Any], command: list[str]) -> dict[str, 
             "time": time.time()}
 
 
-def run_study(mode: str, ranks: list[int], config_path: str | None, overrides: list[str], records: Path,
-              global_batch: int | None, repeats: int, slurm: bool) -> list[dict[str, Any]]:
+def run_study(study: Study, records: Path) -> list[dict[str, Any]]:
+    mode, ranks, config_path, overrides = study.mode, study.ranks, study.config, study.overrides
     if mode not in ("weak", "strong"):
         raise StudyError(f"--mode: {mode!r} is not weak or strong")
     if not ranks or min(ranks) < 1:
         raise StudyError(f"--ranks: expected positive rank counts, got {ranks}")
+    check_launcher(study, dict(os.environ))
     cfg = config_mod.load(config_path, overrides)  # a bad key fails before any run
-    global_batch = global_batch or cfg.train.batch_size * max(ranks)
+    global_batch = study.global_batch or cfg.train.batch_size * max(ranks)
     work = records.parent / (records.stem + "-runs")
     work.mkdir(parents=True, exist_ok=True)
     out: list[dict[str, Any]] = []
-    for repeat in range(repeats):
+    for repeat in range(study.repeats):
         for p in ranks:
             batch = batch_for(mode, p, cfg.train.batch_size, global_batch)
             run_dir = work / f"{mode}-p{p}-r{repeat}"
@@ -77,12 +113,12 @@ def run_study(mode: str, ranks: list[int], config_path: str | None, overrides: l
             train_args = [*(["--config", str(Path(config_path).resolve())] if config_path else []), *overrides,
                           f"train.batch_size={batch}", f"run.dir={run_dir}", "checkpoint.resume=never",
                           "checkpoint.at_end=false"]
-            cmd = launch(p, train_args, slurm, work)
+            cmd = launch(p, train_args, study.launcher, work)
             env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
                    "HPCTRAIN_LOG_DIR": str(work / "logs"),  # read by slurm/train.sbatch, as is the next one
                    "HPCTRAIN_BIN": str(Path(sys.executable).parent / "hpctrain")}
-            print(f"[scaling] {mode} {p} rank(s), batch {batch}/rank, repeat {repeat + 1}/{repeats}", file=sys.stderr,
-                  flush=True)
+            print(f"[scaling] {mode} {p} rank(s), batch {batch}/rank, repeat {repeat + 1}/{study.repeats}",
+                  file=sys.stderr, flush=True)
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             summary_path = run_dir / "summary.json"
             if proc.returncode != 0 or not summary_path.exists():

@@ -5,8 +5,9 @@ import sys
 from tests.launch import mpirun, run
 
 SCRIPT = """
-from hpctrain import runtime
-from hpctrain.config import CommConfig, UserError
+from hpctrain import dist, runtime
+from hpctrain.config import CommConfig
+from hpctrain.errors import UserError
 rt = runtime.init(CommConfig())
 
 def check():
@@ -15,7 +16,7 @@ def check():
     return "ok"
 
 try:
-    runtime.agree(check)
+    dist.agree(check)
     print(f"rank {rt.rank}: no error", flush=True)
 except UserError as e:
     print(f"rank {rt.rank}: agreed={e.agreed}: {e}", flush=True)

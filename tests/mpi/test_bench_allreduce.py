@@ -12,7 +12,7 @@ from tests.launch import mpirun, run
 # (as the CLI does) instead of leaving the other rank waiting in a collective until the timeout.
 DRIVER = """
 import argparse, sys
-from hpctrain import runtime
+from hpctrain import dist
 from hpctrain.bench import allreduce
 p = argparse.ArgumentParser()
 allreduce.add_arguments(p)
@@ -21,7 +21,7 @@ try:
 except BaseException:
     import traceback
     traceback.print_exc()
-    runtime.abort_world(1)
+    dist.abort_world(1)
     raise
 sys.exit(code)
 """

@@ -12,7 +12,7 @@ import pytest
 from tests.launch import BIN, HPCTRAIN, REPO, env, horovodrun, mpirun, run, summary
 
 SMALL = ["model.name=mlp", "model.width=32", "train.steps=20", "train.batch_size=16", "data.samples=1024",
-         "run.log_every=5", "train.warmup_steps=2"]
+         "run.log_every=5", "train.untimed_steps=2"]
 
 
 @pytest.mark.parametrize("launcher, cmd, controller", [

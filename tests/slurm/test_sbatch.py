@@ -2,6 +2,7 @@
 pre-emption cycle (signal → checkpoint → exit 75 → requeue → resume), scancel + resubmit, hostile values."""
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -117,6 +118,7 @@ def test_hostile_values_are_quoted_and_never_executed(job_env, tmp_path):
 
 
 def test_scaling_sbatch_runs_each_rank_count_in_one_allocation(job_env, tmp_path):
+    """slurm/scaling.sbatch is `hpctrain scaling run --launcher srun`: one step per rank count, same records."""
     out = tmp_path / "strong"
     job_id = sh(["sbatch", "--parsable", "--ntasks=2", f"--output={tmp_path}/%j.out", "slurm/scaling.sbatch",
                  "strong", str(out), "train.steps=100", "run.log_every=50"],
@@ -124,10 +126,24 @@ def test_scaling_sbatch_runs_each_rank_count_in_one_allocation(job_env, tmp_path
     info = wait_job(job_env, job_id, ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"))
     table = (tmp_path / f"{job_id}.out").read_text()
     assert info["JobState"] == "COMPLETED", table
-    for ranks in (1, 2):
-        s = json.loads((out / f"ranks-{ranks}" / "summary.json").read_text())
-        assert s["world_size"] == ranks and s["global_batch_size"] == 64 and s["steps"] == 100
-    assert [ln.split()[0] for ln in table.splitlines()[-2:]] == ["1", "2"]
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert [(r["world_size"], r["global_batch_size"]) for r in records] == [(1, 64), (2, 64)], table
+    assert all(r["command"].startswith("srun --mpi=pmix --ntasks=") for r in records)
+    assert [ln.split()[1] for ln in table.splitlines() if "samples/s" in ln] == ["1", "2"]
+
+
+def test_scaling_srun_launcher_refused_outside_an_allocation_or_beyond_it(tmp_path):
+    """--launcher srun needs a Slurm allocation, and no more ranks than it has: one line, exit 2, no run."""
+    records = tmp_path / "r.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    p = subprocess.run([HPCTRAIN, "scaling", "run", "--launcher", "srun", "--mode", "weak", "--ranks", "1",
+                        "--out", str(records)], env=env, capture_output=True, text=True)
+    assert p.returncode == 2 and "inside sbatch or salloc" in p.stderr, p.stderr
+    p = subprocess.run([HPCTRAIN, "scaling", "run", "--launcher", "srun", "--mode", "weak", "--ranks", "1,4",
+                        "--out", str(records)], env={**env, "SLURM_JOB_ID": "7", "SLURM_NTASKS": "2"},
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and "--ranks 4: the allocation has 2 tasks" in p.stderr, p.stderr
+    assert not records.exists()
 
 
 def test_scaling_run_through_slurm(job_env, tmp_path):

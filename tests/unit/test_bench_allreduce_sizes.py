@@ -5,7 +5,7 @@ import argparse
 import pytest
 
 from hpctrain.bench.allreduce import add_arguments, bus_factor, format_size, parse_impls, parse_size, sizes
-from hpctrain.config import UserError
+from hpctrain.errors import UserError
 
 
 @pytest.mark.parametrize("text, nbytes", [

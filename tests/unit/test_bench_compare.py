@@ -6,7 +6,8 @@ import pytest
 
 from hpctrain import cli, models
 from hpctrain.bench import compare, peers
-from hpctrain.config import UserError, load
+from hpctrain.config import load
+from hpctrain.errors import UserError
 from tests.launch import REPO
 
 GPT2 = ["--model", "mymodels:gpt2", "--set", "data.sample_shape=[64]", "--set", "data.sample_kind=tokens",

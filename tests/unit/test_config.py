@@ -119,3 +119,20 @@ def test_data_path_with_synthetic_source_is_refused():
     with pytest.raises(ConfigError, match="data.path: is set .* but data.source = \"synthetic\" ignores it"):
         config.load(None, ["data.source=synthetic", "data.path=/data/x"])
     assert config.load(None, ["data.path=/data/x"]).data.reads_files
+
+
+def test_renamed_key_still_works_with_a_warning(tmp_path, caplog):
+    """train.warmup_steps (steps left out of throughput) is now train.untimed_steps, so that "warm-up" means the
+    learning-rate warm-up alone; the old name is taken for one release, with a warning naming both."""
+    import logging
+
+    path = tmp_path / "old.toml"
+    path.write_text("[train]\nwarmup_steps = 7\n")
+    with caplog.at_level(logging.WARNING, logger="hpctrain"):
+        cfg = config.load(path)
+    assert cfg.train.untimed_steps == 7
+    assert "train.warmup_steps is renamed train.untimed_steps" in caplog.text
+    assert config.load(None, ["train.warmup_steps=3"]).train.untimed_steps == 3
+    assert config.load(None, ["train.untimed_steps=4"]).train.untimed_steps == 4
+    with pytest.raises(ConfigError, match="both set"):
+        config.load(None, ["train.warmup_steps=3", "train.untimed_steps=4"])

@@ -6,15 +6,15 @@ import h5py
 import numpy as np
 import pytest
 
+from hpctrain.data import convert, writer
 from hpctrain.data import format as fmt
-from hpctrain.data import sources, writer
 from hpctrain.data.format import DataError
 from hpctrain.data.reader import ShardFiles
 from tests.data_helpers import SmallDisk, ids_of, make_dataset
 
 
 def test_round_trip_through_the_format(tmp_path):
-    fields, read, meta = sources.synthetic_source("images", 100, seed=3, shape=(2, 5, 5))
+    fields, read, meta = convert.synthetic_input("images", 100, seed=3, shape=(2, 5, 5))
     m = writer.write_dataset(tmp_path / "ds", fields, read, 100,
                              writer.WriteOptions(3, compression="lzf", chunk_samples=7, metadata=meta))
     assert [s.samples for s in m.shards] == [33, 34, 33]
@@ -55,7 +55,7 @@ def test_shard_converts_each_input_kind(tmp_path, kind):
             f["grp/images"] = x
             f["labels"] = y
         specs = {"x": f"{tmp_path}/d.h5:/grp/images", "y": f"{tmp_path}/d.h5:/labels"}
-    fields, n, read = sources.from_arrays(specs)
+    fields, n, read = convert.from_arrays(specs)
     m = writer.write_dataset(tmp_path / "out", fields, read, n, writer.WriteOptions(4))
     back = ShardFiles(tmp_path / "out", m).read(np.arange(50))
     np.testing.assert_array_equal(back["x"], x)
@@ -67,7 +67,7 @@ def test_conversion_streams_in_bounded_pieces(tmp_path, monkeypatch):
     monkeypatch.setattr(writer, "PIECE_TARGET_BYTES", 4096)
     x = np.zeros((1000, 16), dtype=np.float32)  # 64 bytes/sample -> pieces of <= 64 samples
     np.save(tmp_path / "x.npy", x)
-    fields, n, read = sources.from_arrays({"x": str(tmp_path / "x.npy")})
+    fields, n, read = convert.from_arrays({"x": str(tmp_path / "x.npy")})
     sizes = []
     writer.write_dataset(tmp_path / "out", fields, lambda a, b: (sizes.append(b - a), read(a, b))[1], n,
                          writer.WriteOptions(2, chunk_samples=16))
@@ -86,7 +86,7 @@ def test_converter_input_errors(tmp_path, specs, message):
     np.save(tmp_path / "short.npy", np.zeros(4))
     (tmp_path / "d.txt").write_text("1 2 3")
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        sources.from_arrays({k: v.format(tmp=tmp_path) for k, v in specs.items()})
+        convert.from_arrays({k: v.format(tmp=tmp_path) for k, v in specs.items()})
 
 
 def _corrupt(root, kind):
@@ -153,7 +153,7 @@ def test_validate_manifest_errors(tmp_path):
 
 
 def test_failed_write_leaves_nothing_behind(tmp_path):
-    fields, read, _ = sources.synthetic_source("vectors", 100, seed=1)
+    fields, read, _ = convert.synthetic_input("vectors", 100, seed=1)
 
     def failing(a, b):
         if a >= 50:
@@ -169,7 +169,7 @@ def test_existing_dataset_is_kept_unless_overwrite(tmp_path):
     root, m = make_dataset(tmp_path, samples=40, shards=1)
     with pytest.raises(DataError, match="already exists; pass --overwrite"):
         make_dataset(tmp_path, samples=40, shards=1)
-    fields, read, _ = sources.synthetic_source("vectors", 60, seed=2, shape=(4,))
+    fields, read, _ = convert.synthetic_input("vectors", 60, seed=2, shape=(4,))
     writer.write_dataset(root, fields, read, 60, writer.WriteOptions(2, overwrite=True))
     assert fmt.validate(root).num_samples == 60 and sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 
@@ -179,7 +179,7 @@ def test_disk_full_fails_cleanly_and_keeps_nothing(tmp_path):
     if not disk.mounted:
         pytest.skip(f"cannot mount a tmpfs here ({disk.why}); CI runs as root and can")
     try:
-        fields, read, _ = sources.synthetic_source("vectors", 20_000, seed=1, shape=(64,))  # ~5 MiB
+        fields, read, _ = convert.synthetic_input("vectors", 20_000, seed=1, shape=(64,))  # ~5 MiB
         with pytest.raises(DataError, match="writing failed .*is the disk full"):
             writer.write_dataset(disk.path / "ds", fields, read, 20_000, writer.WriteOptions(2))
         assert list(disk.path.iterdir()) == []

@@ -54,7 +54,7 @@ def test_exit_codes_table_and_cli_docstring_list_the_codes_cli_uses():
 
 
 def test_launchers_doc_names_every_launcher_table_in_its_order():
-    from hpctrain.runtime import LAUNCHERS
+    from hpctrain.launchers import LAUNCHERS
 
     text = " ".join(_section("getting-started.md", "## Launchers").split())
     forced = re.search(r"HPCTRAIN_LAUNCHER=([\w|-]+)", text).group(1).split("|")
@@ -115,7 +115,7 @@ def test_extra_pt_row_names_the_keys_a_checkpoint_writes_and_no_missing_schedule
     named = re.findall(r"`(\w+)`:", row)
     assert sorted(named) == sorted(written)
     text = " ".join((DOCS / "fault-tolerance.md").read_text().split())
-    assert (ROOT / "hpctrain" / "schedule.py").exists() and "no LR schedule" not in text
+    assert (ROOT / "hpctrain" / "optim" / "schedule.py").exists() and "no LR schedule" not in text
 
 
 def test_digits_config_states_the_validation_count_data_digits_writes(tmp_path):
@@ -130,8 +130,8 @@ def test_digits_config_states_the_validation_count_data_digits_writes(tmp_path):
 
 def test_data_format_doc_lists_the_compressions_and_synthetic_tasks():
     from hpctrain.cli import _parser
+    from hpctrain.data.convert import SPLITS, SYNTH_TASKS
     from hpctrain.data.format import COMPRESSIONS
-    from hpctrain.data.sources import SPLITS, SYNTH_TASKS
 
     text = (DOCS / "data-format.md").read_text()
     line = next(line for line in text.splitlines() if line.startswith("| `chunk_samples`, `compression`"))

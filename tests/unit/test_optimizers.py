@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from hpctrain.optimizers import LAMB, LARS
-from hpctrain.schedule import Schedule, apply_lr, lr_at
+from hpctrain.optim.large_batch import LAMB, LARS
+from hpctrain.optim.schedule import Schedule, apply_lr, lr_at
 
 
 def param(values):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from hpctrain.config import UserError
+from hpctrain.errors import UserError
 from hpctrain.run_report import RunReportError, loss_figure, write_run_report
 
 
@@ -32,7 +32,7 @@ def _write_run(run_dir, metrics_lines=None):
     (run_dir / "metrics.jsonl").write_text("\n".join(metrics_lines) + "\n")
     summary = {
         "model": "mlp", "world_size": 2, "steps": 20, "initial_loss": 2.5, "final_loss": 1.25,
-        "warmup_steps": 3, "samples_per_sec": 1234.5, "samples_per_sec_per_rank": _stats(610.0, 617.25, 624.5),
+        "untimed_steps": 3, "samples_per_sec": 1234.5, "samples_per_sec_per_rank": _stats(610.0, 617.25, 624.5),
         "step_time_ms": _stats(15.0, 16.0, 17.0),
         "breakdown_ms": {"data": 2.0, "forward_backward": 8.0, "allreduce_wait": 4.0, "optimizer": 1.0},
     }
@@ -46,7 +46,7 @@ def test_report_content_and_png(tmp_path):
     text = report.read_text()
     for expected in ("mlp", "world size: 2 rank(s)", "steps: 20", "initial 2.5000, final 1.2500",
                      "1,234.5 samples/s global", "617.2 mean (min 610.0, max 624.5)",
-                     "16.00 ms mean (min 15.00, max 17.00)", "after 3 warm-up steps", "![training loss](loss.png)"):
+                     "16.00 ms mean (min 15.00, max 17.00)", "after 3 untimed steps", "![training loss](loss.png)"):
         assert expected in text, expected
     # validation table: one row per evaluation
     assert "| step | val_accuracy | val_loss | val_samples |" in text

@@ -2,7 +2,8 @@
 
 import pytest
 
-from hpctrain.runtime import LaunchError, check_launch, choose_controller, cpu_threads, detect_launcher, rank_seed
+from hpctrain.launchers import LaunchError, check_launch, cpu_threads, detect_launcher
+from hpctrain.runtime import choose_controller, rank_seed
 
 # `srun --mpi=pmix -n 4 --ntasks-per-node=2` step, rank 3 on the second node
 SLURM_STEP = {"SLURM_JOB_ID": "42", "SLURM_STEP_ID": "0", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
@@ -206,3 +207,19 @@ print(default, faults())
     default, kept = map(int, out.split())
     assert default >= 10 * 4608  # 4,608 pages an iteration, faulted in again in many of the 50
     assert kept < 100, (default, kept)
+
+
+def test_launcher_detection_imports_no_torch_horovod_or_mpi():
+    """`hpctrain.launchers` must be usable before (and without) the heavy imports: a launch can then be
+    checked, and refused, in milliseconds. A control import shows the probe sees such imports."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, importlib; importlib.import_module(sys.argv[1]); "
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'horovod', 'mpi4py'}))")
+    loaded = subprocess.run([sys.executable, "-c", probe, "hpctrain.launchers"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert loaded == "[]"
+    control = subprocess.run([sys.executable, "-c", probe, "hpctrain.train"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    assert "torch" in control

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from hpctrain.config import UserError
+from hpctrain.errors import UserError
 from hpctrain.scaling import report
 from hpctrain.scaling.report import ScalingError
 

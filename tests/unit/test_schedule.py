@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hpctrain.config import OptimConfig
-from hpctrain.schedule import Schedule, apply_lr, lr_at, lr_at_samples, position_from_state, scaled_lr
+from hpctrain.optim.schedule import Schedule, apply_lr, lr_at, lr_at_samples, position_from_state, scaled_lr
 
 # peak 0.4, 10 warmup steps, 110 steps in all: T = 100 decay steps, t = step - 10
 PEAK, WARMUP, TOTAL = 0.4, 10, 110

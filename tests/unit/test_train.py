@@ -11,10 +11,10 @@ def test_summary_text_of_a_run_with_no_measured_step():
     s = {"samples_per_sec": float("nan"), "samples_per_sec_per_rank": {"mean": float("nan")},
          "breakdown_ms": dict.fromkeys(PHASES, 0.0), "model": "mlp", "steps": 20, "world_size": 2,
          "launcher": "openmpi", "controller": "mpi", "compression": "none", "initial_loss": None,
-         "final_loss": None, "step_time_ms": {"mean": float("nan")}, "warmup_steps": -1, "measured_steps": 0,
+         "final_loss": None, "step_time_ms": {"mean": float("nan")}, "untimed_steps": -1, "measured_steps": 0,
          "params_sha256": "ab"}
     text = describe_summary(s, "runs/x")
-    assert "loss n/a -> n/a" in text and "no step measured after warm-up" in text
+    assert "loss n/a -> n/a" in text and "no step measured after the untimed steps" in text
 
 
 def test_transform_generator_is_a_function_of_seed_rank_and_step():

@@ -1,4 +1,7 @@
-"""Optimizers and the Horovod distributed-optimizer wrapper (compression, averaging, state broadcast)."""
+"""Optimizers and the Horovod distributed-optimizer wrapper (compression, averaging, state broadcast).
+
+The package also holds ``large_batch`` (LAMB and LARS) and ``schedule`` (learning-rate scaling, warm-up and
+decay as pure functions of the samples seen)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from torch import nn
 
 from hpctrain import zero
 from hpctrain.config import CommConfig, OptimConfig
-from hpctrain.optimizers import LAMB, LARS
+from hpctrain.optim.large_batch import LAMB, LARS
 
 
 def base_optimizer(model: nn.Module | Iterable[torch.Tensor], cfg: OptimConfig) -> torch.optim.Optimizer:

@@ -1,4 +1,4 @@
-"""Where `hpctrain data shard` and `hpctrain data synth` read samples from: random-access, streaming sources.
+"""What `hpctrain data shard` and `hpctrain data synth` convert into a dataset: arrays on disk, synthetic tasks.
 
 Each source is ``(fields, num_samples, read)`` with ``read(start, stop)`` returning only that range, so
 conversion memory stays bounded whatever the input size.
@@ -109,7 +109,7 @@ SYNTH_TASKS = ("images", "vectors", "regression", "tokens")
 SPLITS = ("train", "val", "test")
 
 
-def synthetic_source(task: str, num_samples: int, seed: int, shape: tuple[int, ...] | None = None,
+def synthetic_input(task: str, num_samples: int, seed: int, shape: tuple[int, ...] | None = None,
                      num_classes: int = 10, split: str = "train") -> tuple[list[FieldSpec], Callable, dict]:
     """A deterministic synthetic task; any range of samples can be generated on its own (parallel writes).
 
