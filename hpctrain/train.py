@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import hpctrain
-from hpctrain import checkpoint, components, dist, distill, models, optim, runtime
+from hpctrain import checkpoint, components, dist, distill, memory, models, optim, runtime
 from hpctrain import config as config_mod
 from hpctrain.checkpoint import Checkpointer, CheckpointError, StopFlag, StopVote, Watchdog, capture_rng, restore_rng
 from hpctrain.config import Config, ConfigError
@@ -543,7 +543,9 @@ class Trainer:
         # dist: per-rank values that must agree (the parameters; fp16 skipped steps and loss scale; the clipped
         # norm): a difference means a broken broadcast, a lost update or ranks that took different decisions
         per_rank = hvd.allgather_object((digest, self.skipped_steps, self.grad_norm,
-                                         self.scaler.get_scale() if self.scaler else None), name="hpctrain.final")
+                                         self.scaler.get_scale() if self.scaler else None,
+                                         memory.rank_record(optim.held_bytes(self.optimizer, self.model),
+                                                            self.rt.device)), name="hpctrain.final")
         digests = [r[0] for r in per_rank]
         if len(set(digests)) > 1 and self.rt.is_root:
             log.error("parameters differ between ranks at the end (ranks %s differ from rank 0)",
@@ -575,6 +577,9 @@ class Trainer:
         extra["skipped_steps_per_rank"] = [r[1] for r in per_rank]
         extra["grad_norm_per_rank"] = [r[2] for r in per_rank]
         extra["loss_scale_per_rank"] = [r[3] for r in per_rank]
+        extra["memory"] = memory.summary([r[4] for r in per_rank], self.cfg.optim.zero_stage,
+                                         optim.state_copies(self.cfg.optim),
+                                         sum(p.numel() for p in self.model.parameters() if p.requires_grad))
         self._wait_for_checkpoint()  # the summary counts an async checkpoint once it is on disk
         extra["checkpoints"] = {"written": self.checkpointer.stats.count,
                                 "stall_s": self.checkpointer.stats.stall_s,
@@ -619,6 +624,7 @@ def describe_summary(summary: dict[str, Any], run_dir: Path) -> str:
                f"step {summary['step_time_ms']['mean']:.1f} ms (after {summary['untimed_steps']} untimed steps)\n"
                if summary.get("measured_steps") else "  throughput: no step measured after the untimed steps\n") +
             f"  step time ms: {phases}\n"
+            + (memory.describe(summary["memory"]) if "memory" in summary else "") +
             f"  outputs in {run_dir}/: metrics.jsonl, summary.json, config.toml, model.pt, report.md, tensorboard/\n"
             f"  params_sha256 {summary['params_sha256']}")
 

@@ -1,7 +1,7 @@
 """Optimizers and the Horovod distributed-optimizer wrapper (compression, averaging, state broadcast).
 
 The package also holds ``large_batch`` (LAMB and LARS) and ``schedule`` (learning-rate scaling, warm-up and
-decay as pure functions of the samples seen)."""
+decay as pure functions of the samples seen) and ``zero`` (sharded optimizer state: ZeRO stages 1 and 2)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import horovod.torch as hvd
 import torch
 from torch import nn
 
-from hpctrain import zero
 from hpctrain.config import CommConfig, OptimConfig
+from hpctrain.optim import zero
 from hpctrain.optim.large_batch import LAMB, LARS
 
 
@@ -42,6 +42,17 @@ def state_copies(cfg: OptimConfig) -> int:
     return 1 if cfg.momentum > 0 else 0
 
 
+def held_bytes(optimizer: Any, model: nn.Module) -> dict[str, int]:
+    """Bytes this rank holds for parameters, gradients (at their most during a step) and optimizer state."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    if isinstance(optimizer, zero.ShardedOptimizer):
+        return {"params": params, "grads": optimizer.peak_grad_bytes, "optimizer_state": optimizer.state_bytes()}
+    grads = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    state = sum(t.numel() * t.element_size() for st in optimizer.state.values() for t in st.values()
+                if isinstance(t, torch.Tensor) and t.dim() > 0)
+    return {"params": params, "grads": grads, "optimizer_state": state}
+
+
 def compression(comm: CommConfig) -> type:
     return hvd.Compression.fp16 if comm.compression == "fp16" else hvd.Compression.none
 
@@ -50,7 +61,7 @@ def build(model: nn.Module, cfg: OptimConfig, comm: CommConfig, backward_passes:
     """The configured optimizer, wrapped so gradients are averaged across ranks by ring all-reduce, once
     every ``backward_passes`` backward passes (gradient accumulation). Horovod makes the wrapper's class at run
     time (a subclass of the optimizer's, with ``synchronize`` and ``skip_synchronize``), hence ``Any``.
-    With ``optim.zero_stage`` 1 or 2, a :class:`hpctrain.zero.ShardedOptimizer` with the same interface."""
+    With ``optim.zero_stage`` 1 or 2, a :class:`hpctrain.optim.zero.ShardedOptimizer` with the same interface."""
     if cfg.zero_stage:
         opts = zero.ZeroOptions(cfg.zero_stage, hvd.rank(), hvd.size(), compression(comm), backward_passes,
                                 int(cfg.zero_bucket_mb * 2**20))
