@@ -438,7 +438,7 @@ def config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | Non
         if name:
             a, b = {name: a.get(name)}, {name: b.get(name)}
         for k in sorted(set(a) | set(b)):
-            if k == "sync_batchnorm":  # the same tensors either way
+            if k in ("sync_batchnorm", "activation_checkpointing", "recompute_modules"):  # the same tensors either way
                 continue
             if a.get(k) != b.get(k):
                 return f"{section}.{k} was {a.get(k)!r} in the checkpoint, {b.get(k)!r} now"

@@ -118,6 +118,11 @@ class ModelConfig:
     vocab_size: int = _f(256, "vocabulary size (transformer)")
     seq_len: int = _f(64, "tokens per sample (transformer)")
     heads: int = _f(4, "attention heads (transformer); must divide width")
+    activation_checkpointing: bool = _f(False, "recompute blocks' activations in backward instead of keeping "
+                                               "them (less memory, about 20% more step time; docs/memory.md)")
+    recompute_modules: list[str] = _f([], "activation checkpointing: class names or module names (patterns "
+                                          "such as \"layers.*\") to recompute; empty = the built-in models' "
+                                          "blocks")
 
     def __post_init__(self) -> None:
         _check_component(self.name, "model.name", BUILTIN_MODELS)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import hpctrain
-from hpctrain import checkpoint, components, dist, distill, memory, models, optim, runtime
+from hpctrain import checkpoint, components, dist, distill, memory, models, optim, recompute, runtime
 from hpctrain import config as config_mod
 from hpctrain.checkpoint import Checkpointer, CheckpointError, StopFlag, StopVote, Watchdog, capture_rng, restore_rng
 from hpctrain.config import Config, ConfigError
@@ -85,6 +85,8 @@ def build_model(cfg: Config, given: nn.Module | Callable[[], nn.Module] | None) 
         if not models.has_batchnorm(model):
             log.warning("model.sync_batchnorm = true, but the model has no BatchNorm layer")
         model = models.to_sync_batchnorm(model)
+    if cfg.model.activation_checkpointing:
+        recompute.apply(model, recompute.blocks_for(cfg.model.name, cfg.model.recompute_modules, given is None))
     return model
 
 

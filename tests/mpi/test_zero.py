@@ -65,14 +65,15 @@ def test_three_ranks_within_1e_6_and_a_control_that_differs(tmp_path):
 
 def test_stage_2_with_accumulation_clipping_and_fp16_matches_stage_0(tmp_path):
     """Gradient accumulation, clipping (the global norm from the shards) and fp16 loss scaling with a scale
-    that overflows at first (the ranks must agree to skip): the same steps skipped, the same norm, and
+    that overflows at first (the ranks must agree to skip): the same steps skipped, the same last norm, and
     parameters within rounding of stage 0 (the norm is summed in another order)."""
     opts = [*ADAMW, "train.grad_accum=2", "train.clip_norm=0.5", "train.precision=fp16",
-            "train.loss_scale=1e30"]
+            "train.loss_scale=4194304"]  # 2^22: the first steps overflow in fp16, later ones do not
     ref, _ = train(tmp_path, "z0", 2, *opts, "optim.zero_stage=0")
     two, _ = train(tmp_path, "z2", 2, *opts, "optim.zero_stage=2")
     a, b = summary(ref), summary(two)
-    assert a["skipped_steps_per_rank"] == b["skipped_steps_per_rank"] and b["skipped_steps_per_rank"][0] > 0
+    print("skipped", b["skipped_steps_per_rank"], "norms", a["grad_norm_per_rank"], b["grad_norm_per_rank"])
+    assert a["skipped_steps_per_rank"] == b["skipped_steps_per_rank"] and 0 < b["skipped_steps_per_rank"][0] < K
     assert b["grad_norm_per_rank"][0] == pytest.approx(a["grad_norm_per_rank"][0], rel=1e-5)
     assert b["replicas_identical"]
     assert max_abs_diff(weights(two), weights(ref)) < 1e-5
@@ -130,10 +131,10 @@ def test_resume_across_stages_and_world_sizes(tmp_path):
         sharded = _continued(tmp_path, f"s2-{ranks}", ranks, 2, full)
         replicated = _continued(tmp_path, f"s0-{ranks}", ranks, 0, z0)
         assert max_abs_diff(sharded, replicated) < 1e-6
-    # control: the optimizer state matters: a fresh optimizer at step 4 ends elsewhere
+    # control: a 1% different learning rate after step 4 lands far outside the tolerance
     fresh = tmp_path / "fresh"
-    run(mpirun(2, HPCTRAIN, "train", *COMMON, *ADAMW, "optim.zero_stage=2", f"run.dir={fresh}",
-               "--resume", str(full / "checkpoints" / "step-00000004"), "optim.lr=0.0101"))
+    run(mpirun(2, HPCTRAIN, "train", *COMMON, *ADAMW, "optim.zero_stage=2", f"run.dir={fresh}", "optim.lr=0.0101",
+               "--resume", str(full / "checkpoints" / "step-00000004")))
     assert max_abs_diff(weights(fresh), weights(full)) > 1e-6
 
 
