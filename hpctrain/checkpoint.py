@@ -5,7 +5,9 @@ A checkpoint is a directory ``<dir>/step-00001000/`` holding ``model.pt``, ``opt
 samples trained on, and the loss scaler) and ``train_state.json`` (step, samples seen, data position, world
 size, config, versions), plus ``MANIFEST.json`` with the SHA-256 of every file, written last. Rank 0 writes
 it under a temporary name, fsyncs every file and the directory, and renames it into place: a directory
-named ``step-*`` with a matching manifest is complete, anything else is ignored. Loading never runs code
+named ``step-*`` with a matching manifest is complete, anything else is ignored. With sharded optimizer
+state (``optim.zero_stage``) every rank also writes its ``optimizer-shard-RRRRR-of-NNNNN.pt`` into a staging
+directory first; rank 0 moves them in before the manifest, which lists them too. Loading never runs code
 from the file (``torch.load(weights_only=True)`` and JSON).
 """
 

@@ -139,7 +139,6 @@ class ShardedOptimizer:
         self.opts = opts
         params = [(i, p) for i, p in enumerate(model.parameters()) if p.requires_grad]
         check_params(params)
-        self.num_params = len(list(model.parameters()))
         self.buckets = layout(params, opts)
         self.parts = [part for b in self.buckets for part in b.parts]
         self.inner = make([part.values for part in self.parts])
