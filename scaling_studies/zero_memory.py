@@ -46,11 +46,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--ranks", type=int, default=2)
+    ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--out", default="zero-memory")
     args = ap.parse_args()
     results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            for model, stage, ac in RUNS:  # interleaved: every configuration once per round
+            for model, stage, ac in [r for r in RUNS if r[0] in args.models]:  # interleaved: every configuration once per round
                 key = f"{model} z{stage}{' +ac' if ac else ''}"
                 results.setdefault(key, []).append(one(model, stage, ac, args.steps, args.ranks, Path(tmp) / str(r)))
     mib = 2**20
@@ -77,9 +79,10 @@ def main() -> None:
     out = REPO / "scaling_studies" / "results"
     note = (f"# {args.ranks} ranks, {args.rounds} interleaved rounds, {args.steps} steps (5 untimed), AdamW; "
             "machine shared with other jobs (2 cores, load average ~10): step times are noisy\n"
-            f"# command: .venv/bin/python scaling_studies/zero_memory.py --rounds {args.rounds} --steps {args.steps}\n")
-    (out / "zero-memory.txt").write_text(note + text + "\n")
-    (out / "zero-memory.json").write_text(json.dumps({"command": note.splitlines()[1][11:], "rows": table}, indent=1))
+            f"# command: .venv/bin/python scaling_studies/zero_memory.py --rounds {args.rounds} --steps {args.steps}"
+            f" --models {' '.join(args.models)} --out {args.out}\n")
+    (out / f"{args.out}.txt").write_text(note + text + "\n")
+    (out / f"{args.out}.json").write_text(json.dumps({"command": note.splitlines()[1][11:], "rows": table}, indent=1))
 
 
 if __name__ == "__main__":

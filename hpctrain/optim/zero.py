@@ -34,6 +34,7 @@ from torch import nn
 from hpctrain.config import ConfigError
 
 GATHER_WINDOW = 2  # all-gathers in flight at once: bounds the transient full-bucket buffers
+GRAD_WINDOW = 2  # stage 2: reduce-scatters in flight during backward; the oldest is waited for beyond it
 # Parameters start, and shards split them, at multiples of this many values: PyTorch's fused update kernels
 # round a tensor's vectorised body and its scalar tail differently, so a cut anywhere else would make the
 # sharded update differ from the replicated one in the last bit.
@@ -261,10 +262,17 @@ class ShardedOptimizer:
         bucket.grad = None
 
     def _collect_done(self) -> None:
-        """Stage 2: free the local gradient of every bucket whose reduce-scatter has finished."""
-        for b in self.buckets:
-            if b.handle is not None and b.piece_grad is None and hvd.poll(b.handle[0]):
+        """Stage 2: free the local gradient of every bucket whose reduce-scatter has finished, and wait for
+        the oldest while more than GRAD_WINDOW are in flight (bounds the local gradient held to a few
+        buckets; every rank launches the buckets in the same order, so the wait is for one every rank
+        has started)."""
+        inflight = [b for b in self.buckets if b.handle is not None and b.piece_grad is None]
+        for b in list(inflight):
+            if hvd.poll(b.handle[0]):
                 self._collect(b)
+                inflight.remove(b)
+        while len(inflight) > GRAD_WINDOW:
+            self._collect(inflight.pop(0))
 
     def _held(self, values: int) -> None:
         """Count gradient values allocated (> 0) or freed (< 0) in the buckets and pieces."""
