@@ -52,7 +52,8 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            for model, stage, ac in [r for r in RUNS if r[0] in args.models]:  # interleaved: every configuration once per round
+            # interleaved: every configuration once per round
+            for model, stage, ac in [x for x in RUNS if x[0] in args.models]:
                 key = f"{model} z{stage}{' +ac' if ac else ''}"
                 results.setdefault(key, []).append(one(model, stage, ac, args.steps, args.ranks, Path(tmp) / str(r)))
     mib = 2**20
