@@ -3,6 +3,7 @@ optimizer state split exactly across ranks, sharded checkpoints resumed at the s
 and stages, clipping and fp16 loss scaling with shards, and the refusals."""
 
 import os
+import shutil
 import signal
 import subprocess
 
@@ -103,11 +104,6 @@ def test_sigusr1_stop_exit_75_and_sharded_resume_bit_identical(tmp_path):
     assert summary(d)["params_sha256"] == summary(ref)["params_sha256"]
 
 
-def test_a_damaged_shard_is_passed_over(tmp_path):
-    d, _ = train(tmp_path, "run", 2, *ADAMW, "optim.zero_stage=1", "checkpoint.every_steps=4")
-    shard = d / "checkpoints" / "step-00000008" / "optimizer-shard-00001-of-00002.pt"
-    shard.write_bytes(shard.read_bytes()[:50])
-    assert "optimizer-shard-00001-of-00002.pt does not match its SHA-256" in checkpoint.verify(shard.parent)
 
 
 def _continued(tmp_path, name, ranks, stage, start):
@@ -124,6 +120,15 @@ def stage2_run(tmp_path_factory):
     d, _ = train(tmp_path_factory.mktemp("stage2"), "run", 2, *ADAMW, "optim.zero_stage=2",
                  "checkpoint.every_steps=4")
     return d
+
+
+def test_a_damaged_shard_fails_verification(tmp_path, stage2_run):
+    copy = tmp_path / "step-00000008"
+    shutil.copytree(stage2_run / "checkpoints" / copy.name, copy)
+    assert checkpoint.verify(copy) is None
+    shard = copy / "optimizer-shard-00001-of-00002.pt"
+    shard.write_bytes(shard.read_bytes()[:50])
+    assert "optimizer-shard-00001-of-00002.pt does not match its SHA-256" in checkpoint.verify(copy)
 
 
 def test_resume_across_stages_bit_identical(tmp_path, stage2_run):
