@@ -5,7 +5,9 @@ A checkpoint is a directory ``<dir>/step-00001000/`` holding ``model.pt``, ``opt
 samples trained on, and the loss scaler) and ``train_state.json`` (step, samples seen, data position, world
 size, config, versions), plus ``MANIFEST.json`` with the SHA-256 of every file, written last. Rank 0 writes
 it under a temporary name, fsyncs every file and the directory, and renames it into place: a directory
-named ``step-*`` with a matching manifest is complete, anything else is ignored. Loading never runs code
+named ``step-*`` with a matching manifest is complete, anything else is ignored. With sharded optimizer
+state (``optim.zero_stage``) every rank also writes its ``optimizer-shard-RRRRR-of-NNNNN.pt`` into a staging
+directory first; rank 0 moves them in before the manifest, which lists them too. Loading never runs code
 from the file (``torch.load(weights_only=True)`` and JSON).
 """
 
@@ -38,6 +40,7 @@ MANIFEST = "MANIFEST.json"
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 TENSOR_FILES = ("model.pt", "optimizer.pt", "extra.pt")
 STATE_FILE = "train_state.json"
+SHARD_FILE = re.compile(r"^optimizer-shard-\d{5}-of-\d{5}\.pt$")  # sharded optimizer state, one per rank
 
 
 class CheckpointError(UserError):
@@ -56,20 +59,43 @@ def _torch_bytes(obj: Any) -> bytes:
     return buf.getvalue()
 
 
-def write(root: Path, step: int, tensors: dict[str, Any], state: dict[str, Any]) -> Path:
-    """Write a complete checkpoint for ``step`` atomically; an existing complete one is kept as it is."""
+def shard_staging(root: Path, step: int) -> Path:
+    """Where every rank writes its shard of a sharded optimizer's state before rank 0 moves the shards into the
+    checkpoint (same file system: a rename)."""
+    return root / f".{step_dir(root, step).name}.shards"
+
+
+def write_shard(root: Path, step: int, name: str, content: Any) -> tuple[str | None, str | None]:
+    """This rank's shard into the staging directory of ``step``: (SHA-256, None), or (None, why not)."""
+    staging = shard_staging(root, step)
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        return files.write_synced(staging / name, _torch_bytes(content)), None
+    except OSError as e:
+        return None, (f"{step_dir(root, step)}: writing the optimizer shard {name} failed ({e.strerror or e}); "
+                      "the previous checkpoint is intact. Free space or fix permissions")
+
+
+def write(root: Path, step: int, tensors: dict[str, Any], state: dict[str, Any],
+          shards: dict[str, str] | None = None) -> Path:
+    """Write a complete checkpoint for ``step`` atomically; an existing complete one is kept as it is.
+    ``shards`` (file name -> SHA-256) were written by every rank into :func:`shard_staging` and move in too."""
     final = step_dir(root, step)
+    staging = shard_staging(root, step)
     if final.exists() and verify(final) is None:
+        shutil.rmtree(staging, ignore_errors=True)
         return final  # the same step's state, already safely on disk (e.g. at the end right after a save)
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        write_into(tmp, step, tensors, state)
+        moved_in = {name: (staging / name, digest) for name, digest in (shards or {}).items()}
+        write_into(tmp, step, tensors, state, moved_in)
         if final.exists():  # an incomplete leftover of a crashed writer: nothing worth keeping
             shutil.rmtree(final)
         os.replace(tmp, final)
         files.fsync_dir(root)
+        shutil.rmtree(staging, ignore_errors=True)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"{final}: writing the checkpoint failed ({e.strerror or e}); "
@@ -77,14 +103,19 @@ def write(root: Path, step: int, tensors: dict[str, Any], state: dict[str, Any])
     return final
 
 
-def write_into(path: Path, step: int, tensors: dict[str, Any], state: dict[str, Any]) -> None:
+def write_into(path: Path, step: int, tensors: dict[str, Any], state: dict[str, Any],
+               moved_in: dict[str, tuple[Path, str]] | None = None) -> None:
     """The files of a checkpoint in the new directory ``path``, each fsynced, the manifest last (the caller
-    renames ``path`` into place)."""
+    renames ``path`` into place). ``moved_in``: files already written and synced elsewhere on the same file
+    system (name -> (where, SHA-256)), renamed in: the ranks' optimizer shards."""
     path.mkdir()
     digests = {}
     for name in TENSOR_FILES:
         digests[name] = files.write_synced(path / name, _torch_bytes(tensors[name]))
     digests[STATE_FILE] = files.write_synced(path / STATE_FILE, json.dumps(state, indent=1, sort_keys=True).encode())
+    for name, (where, digest) in (moved_in or {}).items():
+        os.replace(where, path / name)
+        digests[name] = digest
     manifest = {"step": step, "files": digests, "written_at": time.time()}
     files.write_synced(path / MANIFEST, json.dumps(manifest, indent=1).encode())
     files.fsync_dir(path)
@@ -99,7 +130,7 @@ def verify(path: Path) -> str | None:
         return "no MANIFEST.json (incomplete: the writer did not finish)"
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         return f"unreadable MANIFEST.json ({e})"
-    for name in (*TENSOR_FILES, STATE_FILE):
+    for name in (*TENSOR_FILES, STATE_FILE, *sorted(set(digests) - {*TENSOR_FILES, STATE_FILE})):
         if name not in digests:
             return f"{name} missing from the manifest"
         f = path / name
@@ -146,6 +177,10 @@ def load(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         tensors = {name: torch.load(path / name, map_location="cpu", weights_only=True) for name in TENSOR_FILES}
         state = json.loads((path / STATE_FILE).read_text())
+        shards = sorted(p for p in json.loads((path / MANIFEST).read_text())["files"] if SHARD_FILE.match(p))
+        if shards:  # mapped, not read: a rank copies only the ranges it owns
+            tensors["optimizer.pt"]["shards"] = [torch.load(path / name, map_location="cpu", weights_only=True,
+                                                            mmap=True) for name in shards]
     except (OSError, RuntimeError, json.JSONDecodeError, pickle.UnpicklingError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: cannot load checkpoint ({first})") from None
@@ -224,30 +259,47 @@ class Checkpointer:
         """Time-based trigger as this rank sees it; the ranks agree on it before acting (see StopFlag)."""
         return bool(self.cfg.every_minutes) and time.monotonic() - self._last_time >= 60 * self.cfg.every_minutes
 
-    def save(self, step: int, tensors: dict[str, Any], state: dict[str, Any], sync: bool = False) -> str | None:
+    def save(self, step: int, tensors: dict[str, Any], state: dict[str, Any], sync: bool = False,
+             shard: tuple[str, Any] | None = None) -> str | None:
         """Start (async) or do (sync) a checkpoint of ``step`` on rank 0. Returns the error of this or the
-        previous write, if any (rank 0 only)."""
+        previous write, if any (rank 0 only). With ``shard`` (file name, content: this rank's part of a sharded
+        optimizer state; a collective then) every rank first writes its own, synchronously."""
         self._last_time = time.monotonic()
         self._last_step = step
+        shards: dict[str, str] | None = None
+        shard_error = None
+        if shard is not None:
+            import horovod.torch as hvd
+
+            t0 = time.perf_counter()
+            digest, why = write_shard(self.root, step, *shard)
+            written = hvd.allgather_object((shard[0], digest, why), name="hpctrain.ckpt_shards")  # dist
+            self.stats.stall_s += time.perf_counter() - t0
+            shard_error = next((w for _, _, w in written if w), None)
+            shards = {name: d for name, d, _ in written if d}
         if not self.is_root:
             return None
         t0 = time.perf_counter()
         error = self.wait()  # dist: never two checkpoints in flight; the older one is on disk first
-        if self.cfg.async_write and not sync:
+        if shard_error is not None:
+            shutil.rmtree(shard_staging(self.root, step), ignore_errors=True)
+            error = error or shard_error
+        elif self.cfg.async_write and not sync:
             tensors = snapshot(tensors)
-            self._thread = threading.Thread(target=self._write, args=(step, tensors, state), daemon=True,
+            self._thread = threading.Thread(target=self._write, args=(step, tensors, state, shards), daemon=True,
                                             name="hpctrain-checkpoint")
             self._thread.start()
         else:
-            self._write(step, tensors, state)
+            self._write(step, tensors, state, shards)
             error = error or self._take_error()
         self.stats.stall_s += time.perf_counter() - t0
         return error
 
-    def _write(self, step: int, tensors: dict[str, Any], state: dict[str, Any]) -> None:
+    def _write(self, step: int, tensors: dict[str, Any], state: dict[str, Any],
+               shards: dict[str, str] | None = None) -> None:
         t0 = time.perf_counter()
         try:
-            path = write(self.root, step, tensors, state)
+            path = write(self.root, step, tensors, state, shards)
             prune(self.root, self.cfg.keep)
             self.stats.count += 1
             log.info("checkpoint %s written (%.2f s)", path, time.perf_counter() - t0)
@@ -397,7 +449,7 @@ def config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | Non
         if name:
             a, b = {name: a.get(name)}, {name: b.get(name)}
         for k in sorted(set(a) | set(b)):
-            if k == "sync_batchnorm":  # the same tensors either way
+            if k in ("sync_batchnorm", "activation_checkpointing", "recompute_modules"):  # the same tensors either way
                 continue
             if a.get(k) != b.get(k):
                 return f"{section}.{k} was {a.get(k)!r} in the checkpoint, {b.get(k)!r} now"

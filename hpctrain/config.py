@@ -118,6 +118,11 @@ class ModelConfig:
     vocab_size: int = _f(256, "vocabulary size (transformer)")
     seq_len: int = _f(64, "tokens per sample (transformer)")
     heads: int = _f(4, "attention heads (transformer); must divide width")
+    activation_checkpointing: bool = _f(False, "recompute blocks' activations in backward instead of keeping "
+                                               "them (less memory, about 20% more step time; docs/memory.md)")
+    recompute_modules: list[str] = _f([], "activation checkpointing: class names or module names (patterns "
+                                          "such as \"layers.*\") to recompute; empty = the built-in models' "
+                                          "blocks")
 
     def __post_init__(self) -> None:
         _check_component(self.name, "model.name", BUILTIN_MODELS)
@@ -222,8 +227,18 @@ class OptimConfig:
     gamma: float = _f(0.1, "step: multiply by this at every decay")
     fused: bool = _f(True, "sgd, adamw: PyTorch's fused update kernel (one pass over the parameters instead of "
                            "a loop over tensors: faster for large models, docs/performance.md)")
+    zero_stage: Literal[0, 1, 2] = _f(0, "ZeRO: 0 = every rank holds all optimizer state; 1 = each rank holds and "
+                                         "steps 1/N of it; 2 = gradients sharded too, reduce-scattered during "
+                                         "backward (sgd, adamw; see docs/memory.md)")
+    zero_bucket_mb: float = _f(25.0, "ZeRO: MiB of parameters per reduce-scatter bucket (stage 2 starts one as "
+                                     "soon as backward has produced it)")
 
     def __post_init__(self) -> None:
+        _check(self.zero_stage in (0, 1, 2), "optim.zero_stage", "must be 0, 1 or 2")
+        _check(self.zero_bucket_mb > 0, "optim.zero_bucket_mb", "must be > 0")
+        _check(not self.zero_stage or self.name in ("sgd", "adamw"), "optim.zero_stage",
+               f"supports optim.name = \"sgd\" or \"adamw\", not {self.name!r} (its per-layer trust ratios "
+               "need whole layers): use optim.zero_stage = 0")
         _check(self.lr > 0 and math.isfinite(self.lr), "optim.lr", "must be a positive number")
         _check(0.0 <= self.momentum < 1.0, "optim.momentum", "must be in [0, 1)")
         _check(self.weight_decay >= 0.0, "optim.weight_decay", "must be >= 0")
@@ -349,6 +364,10 @@ class Config:
         # Staging waits for the node's local rank 0; a worker joining an elastic run cannot wait with the others.
         _check(not (self.fault.elastic and self.data.stage_dir), "data.stage_dir",
                "not supported with fault.elastic = true: stage the dataset before the job, or read it in place")
+        # An elastic reset restores every rank from one worker's in-memory state; sharded state is on no one rank.
+        _check(not (self.fault.elastic and self.optim.zero_stage), "optim.zero_stage",
+               "not supported with fault.elastic = true (a reset restores every rank from one worker's state, "
+               "which holds only its shard): use optim.zero_stage = 0, or resume from checkpoints instead")
 
 
 def _default(f: dataclasses.Field[Any]) -> Any:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import hpctrain
-from hpctrain import checkpoint, components, dist, distill, models, optim, prune, runtime
+from hpctrain import checkpoint, components, dist, distill, memory, models, optim, prune, recompute, runtime
 from hpctrain import config as config_mod
 from hpctrain.checkpoint import Checkpointer, CheckpointError, StopFlag, StopVote, Watchdog, capture_rng, restore_rng
 from hpctrain.config import Config, ConfigError
@@ -85,6 +85,8 @@ def build_model(cfg: Config, given: nn.Module | Callable[[], nn.Module] | None) 
         if not models.has_batchnorm(model):
             log.warning("model.sync_batchnorm = true, but the model has no BatchNorm layer")
         model = models.to_sync_batchnorm(model)
+    if cfg.model.activation_checkpointing:
+        recompute.apply(model, recompute.blocks_for(cfg.model.name, cfg.model.recompute_modules, given is None))
     return model
 
 
@@ -131,7 +133,7 @@ class Trainer:
         if cfg.train.precision == "fp16" and rt.device.type == "cpu" and rt.is_root:
             log.warning("train.precision = \"fp16\" on a CPU: autocast runs about 27x slower than bf16 here; "
                         "use train.precision=bf16 (no loss scaler needed)")
-        self.scaler = (torch.amp.GradScaler(rt.device.type, init_scale=cfg.train.loss_scale)
+        self.scaler = (optim.grad_scaler(rt.device.type, cfg.train.loss_scale, self.optimizer)
                        if cfg.train.precision == "fp16" else None)
         self.teacher = (rt.agree(lambda: distill.load_teacher(cfg.distill.teacher, rt.device))
                         if cfg.distill.teacher else None)
@@ -305,7 +307,7 @@ class Trainer:
                                   "setting, or start afresh with --resume never (or another run.dir)", agreed=True)
         try:
             self.model.load_state_dict(tensors["model.pt"])
-            self.optimizer.load_state_dict(tensors["optimizer.pt"])
+            optim.load_state(self.optimizer, self.model, tensors["optimizer.pt"])
             self.data.train.load_state_dict(state["data"])
         except (RuntimeError, ValueError, KeyError, UserError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -331,7 +333,7 @@ class Trainer:
         """Collective: every rank contributes its RNG state; rank 0 writes; all agree on the outcome."""
         self.watchdog.enter("checkpoint")
         tensors, state = self.state_dict()
-        error = self.checkpointer.save(self.step, tensors, state, sync=sync)
+        error = self.checkpointer.save(self.step, tensors, state, sync=sync, shard=optim.shard_of(self.optimizer))
         self._check_checkpoint_error(error)
 
     def _check_checkpoint_error(self, error: str | None) -> None:
@@ -371,7 +373,7 @@ class Trainer:
         if self.scaler:
             self.scaler.unscale_(self.optimizer)  # after synchronize: every rank sees the same inf/nan
         if cfg.clip_norm:
-            self.grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm))
+            self.grad_norm = optim.clip_grad_norm(self.optimizer, self.model, cfg.clip_norm)
         with self.optimizer.skip_synchronize():
             if self.scaler:
                 scale = self.scaler.get_scale()
@@ -551,7 +553,9 @@ class Trainer:
         # norm): a difference means a broken broadcast, a lost update or ranks that took different decisions
         per_rank = hvd.allgather_object((digest, self.skipped_steps, self.grad_norm,
                                          self.scaler.get_scale() if self.scaler else None,
-                                         self.pruner.digest() if self.pruner else None), name="hpctrain.final")
+                                         self.pruner.digest() if self.pruner else None,
+                                         memory.rank_record(optim.held_bytes(self.optimizer, self.model),
+                                                            self.rt.device)), name="hpctrain.final")
         digests = [r[0] for r in per_rank]
         if len(set(digests)) > 1 and self.rt.is_root:
             log.error("parameters differ between ranks at the end (ranks %s differ from rank 0)",
@@ -585,6 +589,9 @@ class Trainer:
         extra["loss_scale_per_rank"] = [r[3] for r in per_rank]
         if self.pruner is not None:
             extra["prune"] = {**self.pruner.summary(), "masks_sha256_per_rank": [r[4] for r in per_rank]}
+        extra["memory"] = memory.summary([r[5] for r in per_rank], self.cfg.optim.zero_stage,
+                                         optim.state_copies(self.cfg.optim),
+                                         sum(p.numel() for p in self.model.parameters() if p.requires_grad))
         self._wait_for_checkpoint()  # the summary counts an async checkpoint once it is on disk
         extra["checkpoints"] = {"written": self.checkpointer.stats.count,
                                 "stall_s": self.checkpointer.stats.stall_s,
@@ -629,6 +636,7 @@ def describe_summary(summary: dict[str, Any], run_dir: Path) -> str:
                f"step {summary['step_time_ms']['mean']:.1f} ms (after {summary['untimed_steps']} untimed steps)\n"
                if summary.get("measured_steps") else "  throughput: no step measured after the untimed steps\n") +
             f"  step time ms: {phases}\n"
+            + (memory.describe(summary["memory"]) if "memory" in summary else "") +
             f"  outputs in {run_dir}/: metrics.jsonl, summary.json, config.toml, model.pt, report.md, tensorboard/\n"
             f"  params_sha256 {summary['params_sha256']}")
 

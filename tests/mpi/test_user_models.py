@@ -169,6 +169,7 @@ EQUIV = ["train.steps=8", "optim.lr=0.1", "optim.momentum=0.9", *LINEAR[:4]]
 @pytest.mark.parametrize("model, extra, tolerance", [
     ("usermods:MLP", [], 1e-6),  # fp32: only summation order differs
     ("usermods:BNNet", ["model.sync_batchnorm=true"], 1e-5),  # statistics over the global batch
+    ("usermods:BNNet", ["model.sync_batchnorm=true", "optim.zero_stage=2"], 1e-5),  # and sharded state
 ])
 def test_two_ranks_match_one_rank_with_double_batch(tmp_path, user_dir, model, extra, tolerance):
     one, two = tmp_path / "one", tmp_path / "two"
