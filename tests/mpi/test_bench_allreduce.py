@@ -64,8 +64,7 @@ def test_two_ranks(tmp_path):
     assert "memcpy (this machine's limit)" in out and "horovod/mpi time" in out and "95% CI" in out
     first = rec["vs_mpi"][0]
     line = next(ln for ln in out.splitlines() if ln.startswith("4KB ") and "x" in ln.split()[1])
-    assert line.split()[1:4] == [f"{first['ratio']:.2f}x", f"{first['ci']['low']:.2f}-{first['ci']['high']:.2f}",
-                                 first["ci"]["verdict"]]
+    assert line.split()[1:4] == [f"{first['ratio']:.2f}x", intervals.range_text(first["ci"]), first["ci"]["verdict"]]
     assert out.count("256KB   horovod ") == 1  # rank 0 alone prints
 
 
