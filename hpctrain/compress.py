@@ -139,13 +139,7 @@ def compress(src: str, opts: CompressOptions) -> dict[str, Any]:
 
         files.write_atomic(tmp / "compress.json", (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
         files.fsync_dir(tmp)
-        if opts.out.exists():
-            old = opts.out.parent / f".{opts.out.name}.old-{os.getpid()}"
-            os.replace(opts.out, old)
-            os.replace(tmp, opts.out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, opts.out)
+        files.replace_dir(tmp, opts.out, str(os.getpid()))
         files.fsync_dir(opts.out.parent)
     except OSError as e:
         raise CompressError(f"--out {opts.out}: cannot write ({e.strerror or e}); nothing was left there") from None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,3 +69,15 @@ def read_jsonl(path: Path, error: type[Exception], missing: str = "not found") -
                 yield f"{path}:{n}", json.loads(line)
             except json.JSONDecodeError as e:
                 raise error(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def replace_dir(new: Path, dest: Path, tag: str) -> None:
+    """Rename the finished directory ``new`` to ``dest``. An existing ``dest`` is moved aside first and removed
+    after, so a complete version is missing for two renames at most; ``tag`` names the aside copy."""
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{tag}"
+        os.replace(dest, old)
+    os.replace(new, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

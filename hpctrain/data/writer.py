@@ -214,15 +214,9 @@ def commit(tmp: Path, out: Path, manifest: Manifest, overwrite: bool, token: str
     import json
 
     (tmp / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
-    old = None
-    if out.exists():
-        if not overwrite:
-            raise DataError(f"{out}: already exists; pass --overwrite to replace it")
-        old = out.parent / f".{out.name}.old-{token or _token()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    if out.exists() and not overwrite:
+        raise DataError(f"{out}: already exists; pass --overwrite to replace it")
+    files.replace_dir(tmp, out, token or _token())
 
 
 @dataclass(frozen=True)
