@@ -190,7 +190,9 @@ boot_node() {  # boot_node NAME INDEX: namespaces, mounts, link, slurmd
   echo "$pid" > "$d/init.pid"
   for _ in $(seq 100); do [ -f "$d/mounted" ] && break; sleep 0.05; done
   in_head ip link del "v$n" 2>/dev/null || true
-  in_head ip link add "v$n" type veth peer name eth0 netns "$pid"
+  # A fixed MAC per node, as a real NIC keeps across reboots: with a new random one, the other nodes' ARP
+  # entries for a revived node stay stale until they time out, and Slurm's launch requests to it time out first.
+  in_head ip link add "v$n" type veth peer name eth0 address "$(printf '02:00:0a:4d:01:%02x' "$i")" netns "$pid"
   in_head ip link set "v$n" master eth0 up
   nsenter -t "$pid" -n sh -c "ip link set lo up && ip addr add $NET.$i/24 dev eth0 && ip link set eth0 up"
   rm -f "$d/mounted"
@@ -229,12 +231,14 @@ cmd_up() {
     cp /run/munge/hpctrain-cluster-munged.pid "$DIR/munged.pid"
   fi
   # The head: its own network, UTS and mount namespaces, but the machine's PID namespace and /proc, so that
-  # wrappers run there can enter the nodes by PID. Its init runs slurmctld in the foreground.
+  # wrappers run there can enter the nodes by PID. Its init runs slurmctld in the foreground. The bridge gets a
+  # fixed MAC: by default it takes its ports' lowest, which changes whenever a node is revived.
   setsid unshare --net --uts --mount --fork --propagation private bash -c '
       hostname head
       mount --bind "$1/hosts" /etc/hosts
       mount --bind "$1/resolv.conf" /etc/resolv.conf
-      ip link set lo up && ip link add eth0 type bridge && ip addr add "$2.254/24" dev eth0 && ip link set eth0 up
+      ip link set lo up && ip link add eth0 type bridge && ip link set eth0 address 02:00:0a:4d:00:fe
+      ip addr add "$2.254/24" dev eth0 && ip link set eth0 up
       ctld=""
       if [ -f "$1/slurm.on" ]; then slurmctld -D -i -f "$1/slurm.conf" >>"$1/log/slurmctld.out" 2>&1 & ctld=$!; fi
       trap "kill \$ctld \$! 2>/dev/null; exit 0" TERM
@@ -316,8 +320,10 @@ cmd_revive() {
   [ -n "$i" ] || die "no node $n"
   boot_node "$n" "$i"
   if slurm_on; then
-    # Until the controller hears from the new slurmd it may still call the node down (ReturnToService=2
-    # brings it back as soon as it registers).
+    # A node powered off less than SlurmdTimeout ago still looks idle to the controller: wait for the new
+    # slurmd to listen first. Until the controller hears from it, it may still call the node down
+    # (ReturnToService=2 brings it back as soon as it registers).
+    for _ in $(seq 100); do in_node "$n" bash -c 'exec 3<>/dev/tcp/127.0.0.1/6818' 2>/dev/null && break; sleep 0.1; done
     wait_idle "$n"
   fi
   say "revived $n"

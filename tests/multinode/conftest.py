@@ -51,6 +51,12 @@ class Cluster:
         """Where every node sees its own scratch disk (the same path on each, other contents)."""
         return self.dir / "node" / "scratch"
 
+    def state(self) -> str:
+        """The nodes' and jobs' states, for a failing test's message."""
+        nodes = self.sh("sinfo", "-N", "-o", "%N %T %E", check=False).stdout
+        jobs = self.sh("squeue", "-o", "%i %T %R", check=False).stdout
+        return f"nodes:\n{nodes}jobs:\n{jobs}"
+
     def job(self, job_id: str) -> dict[str, str]:
         out = self.sh("scontrol", "show", "job", job_id).stdout
         return dict(re.findall(r"(\w+)=(\S*)", out))

@@ -22,7 +22,10 @@ KEEPALIVE = {"OMPI_MCA_oob_tcp_keepalive_time": "10", "OMPI_MCA_oob_tcp_keepaliv
 
 
 def power_off_at(cluster, run_dir, step: int, node: str = "n2") -> float:
-    wait_for(lambda: logged_step(run_dir) >= step, timeout=180, what=f"step {step}")
+    try:
+        wait_for(lambda: logged_step(run_dir) >= step, timeout=180, what=f"step {step}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{cluster.state()}") from None
     cluster.ctl("poweroff", node)
     return time.monotonic()
 
@@ -46,7 +49,8 @@ def test_sbatch_requeues_after_a_node_failure_and_resumes_bit_identical(both_nod
     print(f"srun under sbatch: revived node to restart 1 started {time.monotonic() - back:.1f} s")
     info = cluster.wait_job(job, timeout=300)
     out = (tmp_path / f"{job}.out").read_text()
-    assert (info["JobState"], info["Restarts"]) == ("COMPLETED", "1"), out
+    restart_log = (tmp_path / "logs" / job / "restart-1.log").read_text()[-3000:]
+    assert (info["JobState"], info["Restarts"]) == ("COMPLETED", "1"), f"{out}\nrestart-1.log:\n{restart_log}"
     assert "node failure (n2 down): Slurm ends this start and requeues the job" in out
     assert "got SIGTERM (scancel" not in out
     resumed = summary(run_dir)
