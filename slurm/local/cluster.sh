@@ -35,6 +35,7 @@ CONF="$DIR/slurm.conf"
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export SLURM_CONF="$CONF"
 NET=10.77.0        # the bridge's /24, private to the head's network namespace
+MAC=02:00:0a:4d    # fixed MACs (locally administered, then the /24's first bytes): nodes 01:<index>, bridge 00:fe
 CPUS="${HPCTRAIN_CLUSTER_CPUS:-4}"  # CPUs each node declares (Slurm places -N2 -n4 as 3+1 with 4)
 SELF=$(readlink -f "${BASH_SOURCE[0]}")
 
@@ -192,7 +193,7 @@ boot_node() {  # boot_node NAME INDEX: namespaces, mounts, link, slurmd
   in_head ip link del "v$n" 2>/dev/null || true
   # A fixed MAC per node, as a real NIC keeps across reboots: with a new random one, the other nodes' ARP
   # entries for a revived node stay stale until they time out, and Slurm's launch requests to it time out first.
-  in_head ip link add "v$n" type veth peer name eth0 address "$(printf '02:00:0a:4d:01:%02x' "$i")" netns "$pid"
+  in_head ip link add "v$n" type veth peer name eth0 address "$(printf "$MAC:01:%02x" "$i")" netns "$pid"
   in_head ip link set "v$n" master eth0 up
   nsenter -t "$pid" -n sh -c "ip link set lo up && ip addr add $NET.$i/24 dev eth0 && ip link set eth0 up"
   rm -f "$d/mounted"
@@ -237,13 +238,13 @@ cmd_up() {
       hostname head
       mount --bind "$1/hosts" /etc/hosts
       mount --bind "$1/resolv.conf" /etc/resolv.conf
-      ip link set lo up && ip link add eth0 type bridge && ip link set eth0 address 02:00:0a:4d:00:fe
+      ip link set lo up && ip link add eth0 type bridge && ip link set eth0 address "$3:00:fe"
       ip addr add "$2.254/24" dev eth0 && ip link set eth0 up
       ctld=""
       if [ -f "$1/slurm.on" ]; then slurmctld -D -i -f "$1/slurm.conf" >>"$1/log/slurmctld.out" 2>&1 & ctld=$!; fi
       trap "kill \$ctld \$! 2>/dev/null; exit 0" TERM
       touch "$1/head.ready"
-      while :; do sleep 3600 & wait $!; done' head-init "$DIR" "$NET" </dev/null >>"$DIR/log/head.init.log" 2>&1 &
+      while :; do sleep 3600 & wait $!; done' head-init "$DIR" "$NET" "$MAC" </dev/null >>"$DIR/log/head.init.log" 2>&1 &
   local unshare_pid=$! pid=""
   for _ in $(seq 100); do pid=$(child_pid "$unshare_pid" bash) && [ -f "$DIR/head.ready" ] && break; sleep 0.05; done
   [ -n "$pid" ] && [ -f "$DIR/head.ready" ] || die "head did not start: see $DIR/log/head.init.log"
@@ -257,9 +258,11 @@ cmd_up() {
 
 node_state() { "$DIR/bin/sinfo" -h -n "$1" -o %T 2>/dev/null | head -1 | tr -d '*~#$@'; }
 
-wait_idle() {
+wait_idle() {  # wait_idle NODE...: each node's slurmd listens and the controller calls the node usable
   local n s
   for n in "$@"; do
+    # first the slurmd itself: a node powered off less than SlurmdTimeout ago still looks idle to the controller
+    for _ in $(seq 100); do in_node "$n" bash -c 'exec 2>/dev/null 3<>/dev/tcp/127.0.0.1/6818' && break; sleep 0.1; done
     for _ in $(seq 300); do
       s=$(node_state "$n"); case "$s" in idle|mixed|allocated) break ;; esac
       sleep 0.1
@@ -320,10 +323,8 @@ cmd_revive() {
   [ -n "$i" ] || die "no node $n"
   boot_node "$n" "$i"
   if slurm_on; then
-    # A node powered off less than SlurmdTimeout ago still looks idle to the controller: wait for the new
-    # slurmd to listen first. Until the controller hears from it, it may still call the node down
-    # (ReturnToService=2 brings it back as soon as it registers).
-    for _ in $(seq 100); do in_node "$n" bash -c 'exec 3<>/dev/tcp/127.0.0.1/6818' 2>/dev/null && break; sleep 0.1; done
+    # Until the controller hears from the new slurmd it may still call the node down (ReturnToService=2
+    # brings it back as soon as it registers).
     wait_idle "$n"
   fi
   say "revived $n"
