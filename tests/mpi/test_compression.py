@@ -64,16 +64,23 @@ def test_evaluate_counts_exactly_and_two_ranks_equal_one(tmp_path, tiny):
     assert two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-6)
 
 
-def test_latency_is_positive_and_stable(tmp_path, small):
-    """Two variants (the same checkpoint twice) interleaved: every figure positive, p99 >= p50, and the
-    per-round medians within a spread of 1.0 ((max - min) / median) on this shared 2-core machine; the
-    two copies within 2x of each other (they are the same model)."""
+def test_latency_figures_are_consistent_across_interleaved_rounds(tmp_path, small):
+    """Two variants (the same checkpoint twice) interleaved over 5 rounds: every figure positive, p99 >= p50,
+    one median per round, and the spread and ratio computed from those figures. How stable the figures are
+    depends on the machine, so it is reported (``spread``), not asserted: a timed bound failed CI on a host
+    whose steal time moved one round's median by 1.35x."""
     ckpts, _ = small
     a, b = evaluate(tmp_path, ckpts, ckpts, "--batch", "1,32", "--rounds", "5", "--min-time", "0.1")
     for row in (a, b):
-        for t in row["latency"].values():
-            assert 0 < t["p50_ms"] <= t["p99_ms"] and t["calls"] >= 50 and t["spread"] < 1.0, t
-    assert 0.5 < b["vs_first"]["faster"]["1"] < 2.0 and b["vs_first"]["smaller"] == 1.0
+        for size, t in row["latency"].items():
+            assert 0 < t["p50_ms"] <= t["p99_ms"] and t["calls"] >= 50 and len(t["round_p50_ms"]) == 5, t
+            r = sorted(t["round_p50_ms"])
+            assert t["spread"] == pytest.approx((r[-1] - r[0]) / r[2], rel=1e-9)
+            assert t["samples_per_s"] == pytest.approx(int(size) / (t["p50_ms"] / 1e3), rel=1e-9)
+    for size in ("1", "32"):
+        assert b["vs_first"]["faster"][size] == pytest.approx(a["latency"][size]["p50_ms"]
+                                                              / b["latency"][size]["p50_ms"], rel=1e-9)
+    assert b["vs_first"]["smaller"] == 1.0
 
 
 def test_int8_bf16_and_export_within_tolerance(tmp_path, small):
