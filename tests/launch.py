@@ -15,6 +15,9 @@ from hpctrain.launchers import mpirun_command
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the virtualenv running pytest has hpctrain, horovodrun, torchrun
 HPCTRAIN = str(BIN / "hpctrain")
+# Overrides for runs that test something else: the end-of-run report (matplotlib) and TensorBoard cost about
+# a second per run, and they have their own test (tests/mpi/test_techniques.py).
+QUIET = ["run.report=false", "run.tensorboard=false"]
 
 
 def env(**extra: str) -> dict[str, str]:

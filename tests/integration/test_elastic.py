@@ -8,11 +8,11 @@ import subprocess
 
 import psutil
 
-from tests.launch import BIN, HPCTRAIN, REPO, env, run, wait_for
+from tests.launch import BIN, HPCTRAIN, QUIET, REPO, env, run, wait_for
 
 STEPS = 3000
 RUN = ["model.name=mlp", "model.width=64", "data.samples=4096", "train.batch_size=16", "run.log_every=100",
-       f"train.steps={STEPS}", "fault.elastic=true", "fault.commit_every=10"]
+       f"train.steps={STEPS}", "fault.elastic=true", "fault.commit_every=10", *QUIET]
 
 
 def workers(proc: subprocess.Popen) -> dict[str, int]:

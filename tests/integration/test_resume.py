@@ -4,6 +4,7 @@ change of world size. Bit-identical means equal `params_sha256` (SHA-256 of ever
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -14,11 +15,11 @@ import torch
 
 from hpctrain import checkpoint
 from tests.data_helpers import SmallDisk
-from tests.launch import HPCTRAIN, REPO, env, logged_step, mpirun, rank_pid, run, summary, wait_for
+from tests.launch import HPCTRAIN, QUIET, REPO, env, logged_step, mpirun, rank_pid, run, summary, wait_for
 
 STEPS = 1500
 RUN = ["model.name=mlp", "model.width=64", "data.samples=4096", "train.batch_size=16", "run.log_every=10",
-       f"train.steps={STEPS}"]
+       f"train.steps={STEPS}", *QUIET]
 
 
 @pytest.fixture(scope="module")
@@ -150,20 +151,31 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, policy):
         disk.close()
 
 
+WORLD = ["model.name=mlp", "model.width=64", "data.samples=512", "train.steps=40", "checkpoint.every_steps=20", *QUIET]
+
+
+@pytest.fixture(scope="module")
+def half_way(tmp_path_factory):
+    """The uninterrupted 2-rank x 16 run of 40 steps, and one stopped at its step-20 checkpoint (both cases
+    below resume a copy of it)."""
+    d = tmp_path_factory.mktemp("world")
+    run(mpirun(2, HPCTRAIN, "train", *WORLD, "train.batch_size=16", f"run.dir={d / 'ref'}"))
+    run(mpirun(2, HPCTRAIN, "train", *WORLD, "train.steps=20", "train.batch_size=16", f"run.dir={d / 'cut'}"))
+    return d
+
+
 @pytest.mark.parametrize("new_world", [1, 4])
-def test_resume_with_a_different_world_size(tmp_path, new_world):
+def test_resume_with_a_different_world_size(tmp_path, half_way, new_world):
     """Checkpoint at step 20 on 2 ranks x 16, finish on `new_world` ranks with the same global batch: the
     weights match the uninterrupted 2-rank run (in-memory data keeps the global sample order)."""
-    common = ["model.name=mlp", "model.width=64", "data.samples=512", "train.steps=40", "checkpoint.every_steps=20"]
-    run(mpirun(2, HPCTRAIN, "train", *common, "train.batch_size=16", f"run.dir={tmp_path / 'ref'}"))
-    run(mpirun(2, HPCTRAIN, "train", *common[:-2], "train.steps=20", "train.batch_size=16",
-               f"run.dir={tmp_path / 'resumed'}"))
+    resumed = tmp_path / "resumed"
+    shutil.copytree(half_way / "cut", resumed)
     cmd = [HPCTRAIN] if new_world == 1 else mpirun(new_world, HPCTRAIN)
-    run([*cmd, "train", *common, f"train.batch_size={32 // new_world}", f"run.dir={tmp_path / 'resumed'}"])
-    s = summary(tmp_path / "resumed")
+    run([*cmd, "train", *WORLD, f"train.batch_size={32 // new_world}", f"run.dir={resumed}"])
+    s = summary(resumed)
     assert s["world_size"] == new_world and s["steps"] == 40 and s["resumed_from"].endswith("step-00000020")
-    a = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)
-    b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)
+    a = torch.load(half_way / "ref" / "model.pt", weights_only=True)
+    b = torch.load(resumed / "model.pt", weights_only=True)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
 
 
@@ -181,17 +193,31 @@ def test_rerunning_a_finished_run_changes_nothing_and_a_longer_one_continues(tmp
     assert s["steps"] == 30 and s["resumed_from"].endswith("step-00000020") and s["final_loss"] is not None
 
 
+CHANGED = ["model.name=mlp", "model.width=32", "train.steps=10", *QUIET]
+
+
+@pytest.fixture(scope="module")
+def finished_sgd_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sgd")
+    run([HPCTRAIN, "train", *CHANGED, f"run.dir={d}"])
+    return d
+
+
 @pytest.mark.parametrize("change, says", [
     ("optim.name=adamw", "optim.name was 'sgd' in the checkpoint, 'adamw' now"),
     ("optim.name=lamb", "optim.name was 'sgd' in the checkpoint, 'lamb' now"),
     ("model.width=48", "model.width was 32 in the checkpoint, 48 now"),
 ])
-def test_resuming_with_another_optimizer_or_model_names_the_setting(tmp_path, change, says):
-    args = ["model.name=mlp", "model.width=32", "train.steps=10", f"run.dir={tmp_path}"]
-    run([HPCTRAIN, "train", *args])
-    proc = run([HPCTRAIN, "train", *args, "train.steps=20", change], check=False)
+def test_resuming_with_another_optimizer_or_model_names_the_setting(finished_sgd_run, change, says):
+    """Each refused resume leaves the run as it was (all three cases resume the same one), but for exit.json,
+    which speaks for the newest start only (an exit 2 leaves none)."""
+    d = finished_sgd_run
+    files = lambda: {p: p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and p.name != "exit.json"}  # noqa: E731
+    before = files()
+    proc = run([HPCTRAIN, "train", *CHANGED, f"run.dir={d}", "train.steps=20", change], check=False)
     assert proc.returncode == 2 and says in proc.stderr, proc.stderr[-2000:]
     assert "--resume never" in proc.stderr and "Traceback" not in proc.stderr
+    assert files() == before
 
 
 def test_learning_rate_after_a_resume_on_more_ranks_follows_samples(tmp_path):

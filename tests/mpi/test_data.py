@@ -11,7 +11,7 @@ import pytest
 
 from hpctrain.data import writer
 from tests.data_helpers import make_dataset
-from tests.launch import HPCTRAIN, REPO, env, mpirun, run, summary, wait_for
+from tests.launch import HPCTRAIN, QUIET, REPO, env, mpirun, run, summary, wait_for
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -61,7 +61,7 @@ def test_two_rank_training_reads_staged_hdf5_shards(tmp_path):
     run_dir = tmp_path / "run"
     run(mpirun(2, HPCTRAIN, "train", "data.source=hdf5", f"data.path={tmp_path / 'train'}",
                f"data.val_path={tmp_path / 'val'}", f"data.stage_dir={tmp_path / 'node'}", "train.steps=60",
-               "train.batch_size=16", "data.shuffle_window=128", f"run.dir={run_dir}", "run.log_every=20"))
+               "train.batch_size=16", "data.shuffle_window=128", f"run.dir={run_dir}", "run.log_every=20", *QUIET))
     s = summary(run_dir)
     assert s["world_size"] == 2 and s["val_samples"] == 256 and s["val_accuracy"] > 0.5
     assert s["final_loss"] < s["initial_loss"]
@@ -123,6 +123,6 @@ def test_digits_reach_95_percent_on_two_ranks(tmp_path):
     run([sys.executable, str(REPO / "data" / "digits.py"), "--out", str(out)])
     run_dir = tmp_path / "run"
     run(mpirun(2, HPCTRAIN, "train", "--config", str(REPO / "configs" / "digits.toml"),
-               f"data.path={out / 'train'}", f"data.val_path={out / 'val'}", f"run.dir={run_dir}"))
+               f"data.path={out / 'train'}", f"data.val_path={out / 'val'}", f"run.dir={run_dir}", *QUIET))
     s = summary(run_dir)
     assert s["val_samples"] == 359 and s["val_accuracy"] >= 0.95, json.dumps(s, indent=1)

@@ -5,11 +5,11 @@ world, where the ring's chunks and the sampler's interleave do not split evenly)
 import pytest
 import torch
 
-from tests.launch import HPCTRAIN, mpirun, run
+from tests.launch import HPCTRAIN, QUIET, mpirun, run
 
 K, B = 8, 16
 COMMON = [f"train.steps={K}", "model.name=mlp", "model.width=64", "data.samples=512", "optim.lr=0.1",
-          "optim.momentum=0.9", "run.log_every=4"]
+          "optim.momentum=0.9", "run.log_every=4", *QUIET]
 
 
 def weights(run_dir):

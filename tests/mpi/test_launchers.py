@@ -9,10 +9,10 @@ import time
 import psutil
 import pytest
 
-from tests.launch import BIN, HPCTRAIN, REPO, env, horovodrun, mpirun, run, summary
+from tests.launch import BIN, HPCTRAIN, QUIET, REPO, env, horovodrun, mpirun, run, summary
 
 SMALL = ["model.name=mlp", "model.width=32", "train.steps=20", "train.batch_size=16", "data.samples=1024",
-         "run.log_every=5", "train.untimed_steps=2"]
+         "run.log_every=5", "train.untimed_steps=2", *QUIET]
 
 
 @pytest.mark.parametrize("launcher, cmd, controller", [
@@ -82,7 +82,7 @@ def test_torchrun_is_refused_on_every_process_before_anything_is_written(tmp_pat
 
 
 LONG = ["model.name=mlp", "model.width=64", "data.samples=4096", "train.batch_size=16", "run.log_every=50",
-        "train.steps=100000", "run.progress=off"]
+        "train.steps=100000", "run.progress=off", *QUIET]
 LAUNCH = {"mpirun": lambda *a: mpirun(2, *a), "horovodrun": lambda *a: horovodrun(2, *a),
           "horovodrun-gloo": lambda *a: horovodrun(2, *a, gloo=True)}
 

@@ -50,18 +50,19 @@ def test_bench_compare_one_process_against_a_plain_torch_loop(tmp_path):
 
 def test_bench_compare_on_a_users_gpt2_by_config_and_through_the_python_api(tmp_path):
     """Hugging Face's GPT-2 (docs/examples/mymodels.py, output object with .logits) in every implementation
-    that launches under mpirun, on 1 and 2 ranks; the module reaches every rank through PYTHONPATH."""
+    that launches under mpirun, on 2 ranks; the module reaches every rank through PYTHONPATH. (One rank adds
+    nothing this checks and cost three more launches of a model that is slow to import.)"""
     out = tmp_path / "compare.json"
     user = ["--model", "mymodels:gpt2", "--model-args", "vocab_size=128,seq_len=32,width=32,layers=1",
             "--set", "data.sample_shape=[32]", "--set", "data.sample_kind=tokens", "--set", "data.num_classes=128"]
-    proc = run([HPCTRAIN, "bench", "compare", *user, "--ranks", "1,2", "--rounds", "1", "--steps", "10",
+    proc = run([HPCTRAIN, "bench", "compare", *user, "--ranks", "2", "--rounds", "1", "--steps", "10",
                 "--batch", "8", "--impls", "hpctrain,api,horovod", "--json", str(out)], timeout=600,
                PYTHONPATH="docs/examples")
     result = json.loads(out.read_text())
     assert result["impls"] == ["hpctrain", "api", "horovod"] and list(result["models"]) == ["mymodels:gpt2"]
     assert {"model.name=mymodels:gpt2", "model.args.width=32", "data.sample_kind=tokens",
             "train.batch_size=8"} <= set(result["models"]["mymodels:gpt2"])
-    assert [(r["model"], r["ranks"]) for r in result["rows"]] == [("mymodels:gpt2", 1), ("mymodels:gpt2", 2)]
+    assert [(r["model"], r["ranks"]) for r in result["rows"]] == [("mymodels:gpt2", 2)]
     for row in result["rows"]:
         assert all(row[f"{i}_samples_per_sec"] > 0 for i in ("hpctrain", "api", "horovod"))
         assert abs(row["api_vs_horovod"] - row["api_samples_per_sec"] / row["horovod_samples_per_sec"]) < 1e-9

@@ -12,7 +12,20 @@ import textwrap
 import pytest
 import torch
 
-from tests.launch import BIN, HPCTRAIN, REPO, env, horovodrun, logged_step, mpirun, rank_pid, run, summary, wait_for
+from tests.launch import (
+    BIN,
+    HPCTRAIN,
+    QUIET,
+    REPO,
+    env,
+    horovodrun,
+    logged_step,
+    mpirun,
+    rank_pid,
+    run,
+    summary,
+    wait_for,
+)
 
 USER_MODULE = '''
 import os
@@ -126,7 +139,7 @@ if os.environ.get("OMPI_COMM_WORLD_RANK", "0") == "0":  # one line: two ranks' p
 '''
 
 LINEAR = ["model.args.dim=16", "data.sample_shape=[16]", "data.num_classes=4", "data.samples=1024",
-          "run.log_every=10", "optim.lr=0.1"]
+          "run.log_every=10", "optim.lr=0.1", *QUIET]
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from hpctrain import checkpoint
-from tests.launch import HPCTRAIN, REPO, env, logged_step, mpirun, rank_pid, run, summary, wait_for
+from tests.launch import HPCTRAIN, QUIET, REPO, env, logged_step, mpirun, rank_pid, run, summary, wait_for
 
 K = 8
 COMMON = [f"train.steps={K}", "model.name=mlp", "model.width=64", "data.samples=512", "train.batch_size=16",
-          "run.log_every=4", "optim.lr=0.01"]
+          "run.log_every=4", "optim.lr=0.01", *QUIET]
 SGD = ["optim.name=sgd", "optim.momentum=0.9", "optim.weight_decay=0.01"]
 ADAMW = ["optim.name=adamw", "optim.weight_decay=0.1"]
 
@@ -81,7 +81,7 @@ def test_stage_2_with_accumulation_clipping_and_fp16_matches_stage_0(tmp_path):
 
 
 STOP_RUN = ["model.name=mlp", "model.width=64", "data.samples=4096", "train.batch_size=16", "run.log_every=10",
-            "train.steps=600", *ADAMW, "optim.lr=0.001"]
+            "train.steps=600", *ADAMW, "optim.lr=0.001", *QUIET]
 
 
 def test_sigusr1_stop_exit_75_and_sharded_resume_bit_identical(tmp_path):

@@ -18,7 +18,7 @@ import pytest
 from hpctrain.data.format import validate
 from hpctrain.data.stage import RECORD, staged_path
 from tests.data_helpers import make_dataset
-from tests.launch import HPCTRAIN, run, summary
+from tests.launch import HPCTRAIN, QUIET, run, summary
 from tests.mpi.test_equivalence import COMMON, B, max_abs_diff, weights
 
 ROW = re.compile(r"rank (\d+)/(\d+)\s+local (\d+)/(\d+)\s+host (\S+)\s+node (\d+)/(\d+)\s+.*threads (\d+)")
@@ -91,7 +91,7 @@ def test_stage_dir_makes_one_verified_copy_per_node_and_reuses_or_replaces_it(cl
     src, _ = make_dataset(tmp_path, samples=512, shards=4, shape=(64,))
     train = ["srun", "-N2", "-n4", "--mpi=pmix", HPCTRAIN, "train", "data.source=hdf5", f"data.path={src}",
              f"data.stage_dir={cluster.node_path}/data", "model.name=mlp", "model.width=16", "train.steps=10",
-             "train.batch_size=8", "run.log_every=5"]
+             "train.batch_size=8", "run.log_every=5", *QUIET]
     for n in ("n1", "n2"):  # earlier tests' copies
         for old in cluster.local(n).glob("data/*"):
             shutil.rmtree(old)
@@ -116,7 +116,8 @@ def test_stage_dir_makes_one_verified_copy_per_node_and_reuses_or_replaces_it(cl
 def test_checkpoint_written_on_one_node_resumes_on_the_other_bit_identical(cluster, tmp_path):
     """Checkpoints live on the shared file system: 2 ranks on n1 stop at step 40, 2 ranks on n2 resume to 80,
     and the parameters equal those of 80 uninterrupted steps on n1 (same world size and layout)."""
-    args = ["model.name=mlp", "model.width=32", "data.samples=1024", "train.batch_size=16", "run.log_every=20"]
+    args = ["model.name=mlp", "model.width=32", "data.samples=1024", "train.batch_size=16", "run.log_every=20",
+            *QUIET]
     on = {n: ["srun", "-N1", "-n2", f"--nodelist={n}", "--mpi=pmix", HPCTRAIN, "train", *args] for n in ("n1", "n2")}
     cluster.sh(*on["n1"], "train.steps=80", f"run.dir={tmp_path / 'whole'}")
     cluster.sh(*on["n1"], "train.steps=40", f"run.dir={tmp_path / 'cut'}")

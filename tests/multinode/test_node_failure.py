@@ -10,11 +10,11 @@ import os
 import subprocess
 import time
 
-from tests.launch import HPCTRAIN, REPO, logged_step, summary, wait_for
+from tests.launch import HPCTRAIN, QUIET, REPO, logged_step, summary, wait_for
 
 STEPS = 500
 RUN = ["model.name=mlp", "model.width=64", "data.samples=4096", "train.batch_size=16", "run.log_every=10",
-       f"train.steps={STEPS}", "checkpoint.every_steps=100"]
+       f"train.steps={STEPS}", "checkpoint.every_steps=100", *QUIET]
 # Open MPI's daemon links (mpirun <-> orted) notice a vanished host only by TCP keepalive, 300 s + 9 x 20 s by
 # default; these make it about 25 s (docs/fault-tolerance.md)
 KEEPALIVE = {"OMPI_MCA_oob_tcp_keepalive_time": "10", "OMPI_MCA_oob_tcp_keepalive_intvl": "5",

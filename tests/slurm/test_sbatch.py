@@ -7,13 +7,13 @@ import subprocess
 
 import pytest
 
-from tests.launch import HPCTRAIN, REPO, logged_step
+from tests.launch import HPCTRAIN, QUIET, REPO, logged_step
 from tests.launch import env as clean_env
 from tests.slurm.conftest import job_info, wait_job
 
 STEPS = 3000
 RUN = ["model.name=mlp", "model.width=64", "data.samples=4096", "train.batch_size=16", "run.log_every=50",
-       f"train.steps={STEPS}", "checkpoint.every_steps=1000"]
+       f"train.steps={STEPS}", "checkpoint.every_steps=1000", *QUIET]
 
 
 def sh(cmd: list[str], env: dict, check: bool = True) -> subprocess.CompletedProcess:
