@@ -45,6 +45,12 @@ def run(cmd: list[str], timeout: float = 180, check: bool = True, **extra_env: s
     return proc
 
 
+def file_bytes(*roots: Path, skip: tuple[str, ...] = ()) -> dict[Path, bytes]:
+    """Every file under ``roots`` with its bytes, but for the names in ``skip``: to show that a run was left
+    byte for byte as it was."""
+    return {p: p.read_bytes() for root in roots for p in sorted(root.rglob("*")) if p.is_file() and p.name not in skip}
+
+
 def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 

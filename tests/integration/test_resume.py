@@ -15,7 +15,7 @@ import torch
 
 from hpctrain import checkpoint
 from tests.data_helpers import SmallDisk
-from tests.launch import HPCTRAIN, QUIET, REPO, env, logged_step, mpirun, rank_pid, run, summary, wait_for
+from tests.launch import HPCTRAIN, QUIET, REPO, env, file_bytes, logged_step, mpirun, rank_pid, run, summary, wait_for
 
 STEPS = 1500
 RUN = ["model.name=mlp", "model.width=64", "data.samples=4096", "train.batch_size=16", "run.log_every=10",
@@ -184,10 +184,10 @@ def test_rerunning_a_finished_run_changes_nothing_and_a_longer_one_continues(tmp
     complete and leaves every file byte for byte; a larger train.steps trains on from the last checkpoint."""
     args = ["model.name=mlp", "model.width=32", "train.steps=20", "run.log_every=5", f"run.dir={tmp_path}"]
     run(mpirun(2, HPCTRAIN, "train", *args))
-    before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    before = file_bytes(tmp_path)
     again = run(mpirun(2, HPCTRAIN, "train", *args))
     assert "already complete at step 20" in again.stderr and "step 1/" not in again.stderr
-    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
+    assert file_bytes(tmp_path) == before
     run(mpirun(2, HPCTRAIN, "train", *args, "train.steps=30"))
     s = summary(tmp_path)
     assert s["steps"] == 30 and s["resumed_from"].endswith("step-00000020") and s["final_loss"] is not None
@@ -212,12 +212,11 @@ def test_resuming_with_another_optimizer_or_model_names_the_setting(finished_sgd
     """Each refused resume leaves the run as it was (all three cases resume the same one), but for exit.json,
     which speaks for the newest start only (an exit 2 leaves none)."""
     d = finished_sgd_run
-    files = lambda: {p: p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file() and p.name != "exit.json"}  # noqa: E731
-    before = files()
+    before = file_bytes(d, skip=("exit.json",))
     proc = run([HPCTRAIN, "train", *CHANGED, f"run.dir={d}", "train.steps=20", change], check=False)
     assert proc.returncode == 2 and says in proc.stderr, proc.stderr[-2000:]
     assert "--resume never" in proc.stderr and "Traceback" not in proc.stderr
-    assert files() == before
+    assert file_bytes(d, skip=("exit.json",)) == before
 
 
 def test_learning_rate_after_a_resume_on_more_ranks_follows_samples(tmp_path):

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.launch import HPCTRAIN, QUIET, REPO, logged_step
+from tests.launch import HPCTRAIN, QUIET, REPO, file_bytes, logged_step
 from tests.launch import env as clean_env
 from tests.slurm.conftest import job_info, wait_job
 
@@ -177,9 +177,7 @@ def test_resubmitting_a_finished_job_leaves_its_results_alone(job_env, reference
     and fail): it says the run is complete and every file of the run and its checkpoints stays byte for byte;
     only this job's exit record (exit.json, which names the job) is new."""
     d, _, _ = reference
-    files = lambda: {p: p.read_bytes() for p in sorted([*(d / "run").rglob("*"), *(d / "ckpt").rglob("*")])  # noqa: E731
-                     if p.is_file() and p.name != "exit.json"}
-    before = files()
+    before = file_bytes(d / "run", d / "ckpt", skip=("exit.json",))
     job_id = sh(["sbatch", "--parsable", "--ntasks=2", f"--output={d}/%x-%j.out", "slurm/train.sbatch", *RUN,
                  f"run.dir={d}/run", f"checkpoint.dir={d}/ckpt"], {**job_env, "HPCTRAIN_LOG_DIR": str(d / "logs")}
                 ).stdout.strip()
@@ -187,7 +185,7 @@ def test_resubmitting_a_finished_job_leaves_its_results_alone(job_env, reference
     log = (d / "logs" / job_id / "restart-0.log").read_text()
     assert info["JobState"] == "COMPLETED", log[-3000:]
     assert f"already complete at step {STEPS}" in log
-    assert files() == before
+    assert file_bytes(d / "run", d / "ckpt", skip=("exit.json",)) == before
     record = json.loads((d / "run" / "exit.json").read_text())
     assert record["exit_code"] == 0 and record["slurm_job_id"] == job_id
 
