@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the virtualenv running pytest has hpctrain, horovodrun, torchrun
 HPCTRAIN = str(BIN / "hpctrain")
 # Overrides for runs that test something else: the end-of-run report (matplotlib) and TensorBoard cost about
-# a second per run, and they have their own test (tests/mpi/test_techniques.py).
+# a second per run, and they have their own test (tests/mpi/test_techniques.py). Use it, not the two literals.
 QUIET = ["run.report=false", "run.tensorboard=false"]
 
 

@@ -8,12 +8,12 @@ import subprocess
 import torch
 
 from hpctrain import checkpoint
-from tests.launch import HPCTRAIN, REPO, env, logged_step, mpirun, rank_pid, run, summary, wait_for
+from tests.launch import HPCTRAIN, QUIET, REPO, env, logged_step, mpirun, rank_pid, run, summary, wait_for
 
 STEPS = 800
 RUN = ["model.name=mlp", "model.width=64", "data.samples=4096", "train.batch_size=16", "run.log_every=10",
        f"train.steps={STEPS}", "prune.kind=unstructured", "prune.sparsity=0.8", "prune.start_step=100",
-       "prune.end_step=600", "prune.every_steps=50", "run.report=false", "run.tensorboard=false"]
+       "prune.end_step=600", "prune.every_steps=50", *QUIET]
 
 
 def test_masks_survive_a_signal_stop_and_resume_bit_identically(tmp_path):

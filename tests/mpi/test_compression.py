@@ -7,14 +7,14 @@ import textwrap
 import pytest
 
 from hpctrain import checkpoint
-from tests.launch import HPCTRAIN, mpirun, run, summary
+from tests.launch import HPCTRAIN, QUIET, mpirun, run, summary
 
 # 4 inputs -> 3 hidden -> 2 classes: 4*3 + 3 + 3*2 + 2 = 23 parameters, 18 of them weights
 TINY = ["model.name=mlp", "model.input_dim=4", "model.width=3", "model.depth=1", "model.num_classes=2",
-        "data.samples=512", "data.val_samples=301", "train.steps=20", "run.report=false", "run.tensorboard=false"]
+        "data.samples=512", "data.val_samples=301", "train.steps=20", *QUIET]
 SMALL = ["model.name=mlp", "model.input_dim=16", "model.width=64", "model.depth=2", "model.num_classes=4",
          "data.samples=4096", "data.val_samples=1000", "train.steps=200", "train.batch_size=32",
-         "run.report=false", "run.tensorboard=false", "run.log_every=50"]
+         *QUIET, "run.log_every=50"]
 
 
 def train(run_dir, *args, ranks=2):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hpctrain import config
-from tests.launch import HPCTRAIN, env
+from tests.launch import HPCTRAIN, QUIET, env
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -151,7 +151,7 @@ def summary(tmp_path_factory):
     """summary.json of a real 3-step run (one process, synthetic data with a validation set)."""
     run_dir = tmp_path_factory.mktemp("run")
     subprocess.run([HPCTRAIN, "train", "model.name=mlp", "train.steps=3", "data.val_samples=64",
-                    f"run.dir={run_dir}", "run.progress=off", "run.report=false", "run.tensorboard=false",
+                    f"run.dir={run_dir}", "run.progress=off", *QUIET,
                     "checkpoint.at_end=false"], env=env(), check=True, capture_output=True, timeout=300)
     return json.loads((run_dir / "summary.json").read_text())
 
