@@ -1,4 +1,4 @@
-"""Benchmarks that print side-by-side ratios: `hpctrain bench loader | allreduce | compare`. Nothing imports
+"""Benchmarks that print side-by-side ratios: `hpctrain bench loader | allreduce | compare | memory`. Nothing imports
 this package but the CLI."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from hpctrain.bench import allreduce, compare, loader
+    from hpctrain.bench import allreduce, compare, loader, memory
 
     bsub = parser.add_subparsers(dest="bench_command", required=True)
     bl = bsub.add_parser("loader", help="hpctrain HDF5 reader vs raw sequential read vs naive DataLoader")
@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bc = bsub.add_parser("compare", help="hpctrain vs a raw Horovod loop, PyTorch DDP (torchrun) or a plain "
                          "PyTorch loop, interleaved")
     compare.add_arguments(bc)
+    bm = bsub.add_parser("memory", help="the largest transformer each ZeRO stage trains within a per-rank memory "
+                         "budget (bisection), and PyTorch's ZeroRedundancyOptimizer and FSDP2 beside hpctrain")
+    memory.add_arguments(bm)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -30,6 +33,10 @@ def main(args: argparse.Namespace) -> int:
         from hpctrain.bench import allreduce
 
         return allreduce.main(args)
+    if args.bench_command == "memory":
+        from hpctrain.bench import memory
+
+        return memory.main(args)
     from hpctrain.bench import compare
 
     return compare.main(args)

@@ -55,7 +55,7 @@ USER_KEYS = ("model.args.", "data.sample_shape", "data.sample_kind", "data.num_c
              "train.seed")
 
 
-def _bin(name: str) -> str:
+def venv_bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
@@ -140,7 +140,7 @@ def command(impl: str, sets: list[str], ranks: int, steps: int, run_dir: str,
                 f"run.log_every={steps}", f"data.samples={per_rank * ranks * 8}"]
         if impl == "api":
             return [*launch, sys.executable, "-m", "hpctrain.bench.api_script", *ours], {}
-        return [*launch, _bin("hpctrain"), "train", *ours], {}
+        return [*launch, venv_bin("hpctrain"), "train", *ours], {}
     peer = ["-m", "hpctrain.bench.peers", impl, "--steps", str(steps), *sets, "optim.lr=0.01"]
     if impl == "horovod":
         # identical settings: also hpctrain's default run.malloc_keep_mb, as glibc's variables
@@ -149,7 +149,7 @@ def command(impl: str, sets: list[str], ranks: int, steps: int, run_dir: str,
         passed = [a for k in env for a in ("-x", k)] if launch else []
         return [*launch, *passed, sys.executable, *peer], env
     if impl == "ddp":
-        return [_bin("torchrun"), "--standalone", f"--nproc_per_node={ranks}", *peer], {}
+        return [venv_bin("torchrun"), "--standalone", f"--nproc_per_node={ranks}", *peer], {}
     return [sys.executable, *peer], {}
 
 

@@ -2,7 +2,12 @@
 
   horovod  a minimal raw Horovod loop (hvd.DistributedOptimizer, broadcast, SGD), run under mpirun;
   ddp      PyTorch DistributedDataParallel launched by torchrun (gloo on CPU, nccl on GPU);
-  torch    a plain single-process PyTorch loop, no distribution at all (the one-GPU reference).
+  torch    a plain single-process PyTorch loop, no distribution at all (the one-GPU reference);
+  zero     DDP with ``torch.distributed.optim.ZeroRedundancyOptimizer`` (AdamW), by torchrun;
+  fsdp     FSDP2: ``fully_shard`` on each Transformer layer and on the model (AdamW), by torchrun.
+
+The last two are `hpctrain bench memory`'s peers: they also report the peak resident memory of their
+largest rank, and with ``model.activation_checkpointing=true`` recompute the blocks hpctrain recomputes.
 
 All train the model that the same ``section.key=value`` overrides as `hpctrain train` describe (a built-in
 one, or a user's ``model.name = "package.module:callable"`` with ``model.args.*``, its synthetic samples
@@ -28,7 +33,7 @@ from typing import Any
 
 import torch
 
-from hpctrain import models
+from hpctrain import memory, models, recompute
 from hpctrain.config import Config, load
 from hpctrain.data import synthetic
 from hpctrain.data.pipeline import SampleShape, _synthetic_shape
@@ -48,7 +53,11 @@ def problem(cfg: Config, local_size: int, local_rank: int) -> tuple[torch.nn.Mod
     shape = sample_shape(cfg)
     x, y = synthetic.samples(cfg.train.batch_size * 8, shape.input_shape, shape.num_classes, cfg.train.seed,
                              shape.tokens)
-    return models.build(cfg.model).to(device), torch.from_numpy(x), torch.from_numpy(y)
+    model = models.build(cfg.model)
+    if cfg.model.activation_checkpointing:
+        recompute.apply(model, recompute.blocks_for(cfg.model.name, cfg.model.recompute_modules,
+                                                    models.is_builtin(cfg.model.name)))
+    return model.to(device), torch.from_numpy(x), torch.from_numpy(y)
 
 
 def sample_shape(cfg: Config) -> SampleShape:
@@ -67,7 +76,7 @@ def sgd(params: Any, cfg: Config) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.optim.lr, momentum=0.9, fused=True)
 
 
-def sgd_step(forward: torch.nn.Module, opt: torch.optim.Optimizer) -> Callable[[torch.Tensor, torch.Tensor], None]:
+def train_step(forward: torch.nn.Module, opt: torch.optim.Optimizer) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """One training step as a user writes it; ``forward`` is the model or its DDP wrapper."""
     def step(xb: torch.Tensor, yb: torch.Tensor) -> None:
         opt.zero_grad()
@@ -116,7 +125,7 @@ def run_horovod(cfg: Config, args: argparse.Namespace) -> dict:
     opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters(), op=hvd.Average)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     device = next(model.parameters()).device
-    seconds, steps, usage = timed_loop(sgd_step(model, opt), x, y, device, cfg.train.batch_size, args.steps,
+    seconds, steps, usage = timed_loop(train_step(model, opt), x, y, device, cfg.train.batch_size, args.steps,
                                        args.warmup)
     slowest = float(hvd.allreduce(torch.tensor(seconds), op=hvd.Max, name="bench.time"))
     table = hvd.allgather(torch.tensor([usage], dtype=torch.float64), name="bench.usage")
@@ -134,7 +143,7 @@ def run_ddp(cfg: Config, args: argparse.Namespace) -> dict:
     device = next(model.parameters()).device
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     opt = sgd(ddp.parameters(), cfg)
-    seconds, steps, usage = timed_loop(sgd_step(ddp, opt), x, y, device, cfg.train.batch_size, args.steps,
+    seconds, steps, usage = timed_loop(train_step(ddp, opt), x, y, device, cfg.train.batch_size, args.steps,
                                        args.warmup)
     t = torch.tensor(seconds, device=device)  # nccl reduces device tensors only
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -152,13 +161,57 @@ def run_torch(cfg: Config, args: argparse.Namespace) -> dict:
     model, x, y = problem(cfg, 1, 0)
     device = next(model.parameters()).device
     opt = sgd(model.parameters(), cfg)
-    seconds, steps, usage = timed_loop(sgd_step(model, opt), x, y, device, cfg.train.batch_size, args.steps,
+    seconds, steps, usage = timed_loop(train_step(model, opt), x, y, device, cfg.train.batch_size, args.steps,
                                        args.warmup)
     return {"impl": "torch", "ranks": 1, "rank": 0, "threads": torch.get_num_threads(), "device": str(device),
             **figures(torch.tensor([usage], dtype=torch.float64), seconds, steps, cfg.train.batch_size)}
 
 
-RUNNERS = {"horovod": run_horovod, "ddp": run_ddp, "torch": run_torch}
+def run_sharded(cfg: Config, args: argparse.Namespace, kind: str) -> dict:
+    """PyTorch's own answers to sharded state, trained with AdamW as `hpctrain bench memory` trains hpctrain:
+    ``zero`` (DDP and ZeroRedundancyOptimizer: optimizer state sharded, like ZeRO-1) or ``fsdp`` (FSDP2,
+    parameters too, like ZeRO-3)."""
+    import torch.distributed as dist
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
+    model, x, y = problem(cfg, local_size, int(os.environ.get("LOCAL_RANK", 0)))
+    device = next(model.parameters()).device
+    if kind == "zero":
+        forward: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(model)
+        opt: torch.optim.Optimizer = ZeroRedundancyOptimizer(forward.parameters(), torch.optim.AdamW,
+                                                             lr=cfg.optim.lr, fused=True)
+    else:
+        from torch.distributed.fsdp import fully_shard
+
+        for block in [m for m in model.modules() if isinstance(m, torch.nn.TransformerEncoderLayer)]:
+            fully_shard(block)
+        fully_shard(model)
+        forward = model  # fully_shard changes the module's class in place; its forward gathers the parameters
+        # foreach, not fused: the fused AdamW kernel takes no DTensor parameters on CPU
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
+    seconds, steps, usage = timed_loop(train_step(forward, opt), x, y, device, cfg.train.batch_size, args.steps,
+                                       args.warmup)
+    figures_in = torch.tensor([seconds, memory.peak_rss_bytes()], dtype=torch.float64, device=device)
+    dist.all_reduce(figures_in, op=dist.ReduceOp.MAX)
+    rows = [torch.zeros(len(usage), dtype=torch.float64, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(rows, torch.tensor(usage, dtype=torch.float64, device=device))
+    result = {"impl": kind, "ranks": dist.get_world_size(), "rank": dist.get_rank(),
+              "threads": torch.get_num_threads(), "device": str(device), "peak_rss_bytes": int(figures_in[1]),
+              "num_parameters": sum(p.numel() for p in model.parameters()),
+              **figures(torch.stack(rows).cpu(), float(figures_in[0]), steps, cfg.train.batch_size)}
+    if device.type == "cuda":
+        result["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
+    dist.barrier()
+    dist.destroy_process_group()
+    return result
+
+
+RUNNERS = {"horovod": run_horovod, "ddp": run_ddp, "torch": run_torch,
+           "zero": lambda cfg, args: run_sharded(cfg, args, "zero"),
+           "fsdp": lambda cfg, args: run_sharded(cfg, args, "fsdp")}
 
 
 def main() -> None:

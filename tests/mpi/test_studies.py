@@ -1,7 +1,7 @@
 """The measurement tools end to end on real ranks: `bench compare` (hpctrain, raw Horovod, DDP via torchrun;
-a user's model by import path, and hpctrain through the Python API) and a quick 1-2 rank scaling study
-followed by its report. Throughput figures are not asserted (timed tests fail on a busy machine); what is
-asserted is that every run happened and the arithmetic holds."""
+a user's model by import path, and hpctrain through the Python API), `bench memory` (and its PyTorch peers)
+and a quick 1-2 rank scaling study followed by its report. Throughput figures are not asserted (timed tests
+fail on a busy machine); what is asserted is that every run happened and the arithmetic holds."""
 
 import json
 
@@ -98,3 +98,27 @@ def test_quick_strong_study_and_report(tmp_path):
     bad = run([HPCTRAIN, "scaling", "run", "--mode", "strong", "--ranks", "3", "--global-batch", "32",
                "--out", str(tmp_path / "x.jsonl")], check=False)
     assert bad.returncode == 2 and "does not divide evenly over 3 ranks" in bad.stderr
+
+
+def test_bench_memory_searches_a_stage_and_runs_pytorchs_sharded_peers_on_the_same_model(tmp_path):
+    """One stage searched (a budget every depth fits, so the search ends at --max-depth after one run) and
+    the throughput comparison against DDP + ZeroRedundancyOptimizer and FSDP2 under torchrun: every run
+    trained the same model and reported its largest rank's peak memory."""
+    out = tmp_path / "memory.json"
+    proc = run([HPCTRAIN, "bench", "memory", "--configs", "1", "--budget-mb", "100000", "--max-depth", "2",
+                "--width", "32", "--heads", "2", "--seq-len", "16", "--batch", "4", "--steps", "2", "--rounds", "1",
+                "--compare-steps", "3", "--out", str(out)], timeout=300)
+    result = json.loads(out.read_text())
+    (found,) = result["largest"]
+    assert (found["stage"], found["recompute"], found["depth"]) == (1, False, 2) and list(found["probes"]) == ["2"]
+    params = found["params"]
+    formula = result["formula_bytes_per_param"]["1"]
+    assert formula == 8 + 8 / 2 and abs(found["formula_mib"] * 2**20 - formula * params) < 1
+    assert 0 < found["optimizer_state_mib"] < found["held_mib"] < found["peak_mib"]
+    rows = {r["impl"]: r for r in result["compare"]["rows"]}
+    assert list(rows) == ["hpctrain z1", "zero", "fsdp"] and result["compare"]["depth"] == 2
+    assert all(r["params"] == params and r["peak_mib"] > 100 and r["samples_per_sec"] > 0 for r in rows.values())
+    ours = rows["hpctrain z1"]
+    assert abs(ours["vs_zero"]["estimate"] - ours["samples_per_sec"] / rows["zero"]["samples_per_sec"]) < 1e-9
+    assert "ZeroRedundancyOptimizer" in proc.stdout
+    assert out.with_suffix(".txt").read_text().startswith("# hpctrain bench memory --configs 1")

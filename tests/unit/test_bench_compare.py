@@ -122,7 +122,7 @@ def test_api_script_gets_hpctrains_overrides_and_the_sample_shape_of_a_built_in(
         ours, _ = compare.command("hpctrain", sets, 2, 20, str(tmp_path))
         api, env = compare.command("api", sets, 2, 20, str(tmp_path))
         assert api[api.index(sys.executable):][1:3] == ["-m", "hpctrain.bench.api_script"] and env == {}
-        assert api[:api.index(sys.executable)] == ours[:ours.index(compare._bin("hpctrain"))]  # the same mpirun
+        assert api[:api.index(sys.executable)] == ours[:ours.index(compare.venv_bin("hpctrain"))]  # the same mpirun
         extra = [a for a in api if a not in ours]
         assert [a.split("=")[0] for a in extra[-3:]] == ["data.sample_shape", "data.sample_kind", "data.num_classes"]
         # an object carries no sample shape: the script's config gives the built-in's own
