@@ -73,7 +73,8 @@ def command(impl: str, stage: int, sets: list[str], opts: Options, steps: int, r
         return [*mpirun(opts.ranks), venv_bin("hpctrain"), "train", *sets, "optim.name=adamw", LR,
                 f"optim.zero_stage={stage}", f"train.steps={steps}", "train.untimed_steps=1",
                 f"run.log_every={steps}", f"data.samples={opts.batch * opts.ranks * 8}", "run.malloc_keep_mb=0",
-                "checkpoint.at_end=false", "checkpoint.resume=never", "run.report=false", "run.tensorboard=false", f"run.dir={run_dir}"]
+                "checkpoint.at_end=false", "checkpoint.resume=never", "run.report=false", "run.tensorboard=false",
+                f"run.dir={run_dir}"]
     return [venv_bin("torchrun"), "--standalone", f"--nproc_per_node={opts.ranks}", "-m",
             "hpctrain.bench.peers", impl, "--steps", str(steps), "--warmup", "1", *sets, LR]
 
