@@ -229,16 +229,13 @@ class OptimConfig:
                            "a loop over tensors: faster for large models, docs/performance.md)")
     zero_stage: Literal[0, 1, 2] = _f(0, "ZeRO: 0 = every rank holds all optimizer state; 1 = each rank holds and "
                                          "steps 1/N of it; 2 = gradients sharded too, reduce-scattered during "
-                                         "backward (sgd, adamw; see docs/memory.md)")
+                                         "backward (see docs/memory.md)")
     zero_bucket_mb: float = _f(25.0, "ZeRO: MiB of parameters per reduce-scatter bucket (stage 2 starts one as "
                                      "soon as backward has produced it)")
 
     def __post_init__(self) -> None:
         _check(self.zero_stage in (0, 1, 2), "optim.zero_stage", "must be 0, 1 or 2")
         _check(self.zero_bucket_mb > 0, "optim.zero_bucket_mb", "must be > 0")
-        _check(not self.zero_stage or self.name in ("sgd", "adamw"), "optim.zero_stage",
-               f"supports optim.name = \"sgd\" or \"adamw\", not {self.name!r} (its per-layer trust ratios "
-               "need whole layers): use optim.zero_stage = 0")
         _check(self.lr > 0 and math.isfinite(self.lr), "optim.lr", "must be a positive number")
         _check(0.0 <= self.momentum < 1.0, "optim.momentum", "must be in [0, 1)")
         _check(self.weight_decay >= 0.0, "optim.weight_decay", "must be >= 0")

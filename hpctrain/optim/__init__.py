@@ -65,7 +65,10 @@ def build(model: nn.Module, cfg: OptimConfig, comm: CommConfig, backward_passes:
     if cfg.zero_stage:
         opts = zero.ZeroOptions(cfg.zero_stage, hvd.rank(), hvd.size(), compression(comm), backward_passes,
                                 int(cfg.zero_bucket_mb * 2**20))
-        return zero.ShardedOptimizer(model, lambda shards: base_optimizer(shards, cfg), opts)
+        sharded = zero.ShardedOptimizer(model, lambda shards: base_optimizer(shards, cfg), opts)
+        if isinstance(sharded.inner, (LAMB, LARS)):
+            sharded.inner.layers = zero.ShardedLayers(sharded.buckets)  # dist: trust ratios of whole layers
+        return sharded
     return hvd.DistributedOptimizer(  # dist: all-reduce each gradient as soon as backward produces it
         base_optimizer(model, cfg),
         named_parameters=model.named_parameters(),

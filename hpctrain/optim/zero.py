@@ -14,6 +14,9 @@ and frees the local gradient as soon as its reduce-scatter is done, so no rank h
 With gradient accumulation the first micro-batches accumulate locally as at stage 0; the reduce-scatter
 runs on the last one.
 
+LAMB and LARS scale each layer's update by norms of the whole layer, which a part cuts through:
+:class:`ShardedLayers` gives them those norms (one all-reduce per step).
+
 Checkpoints hold the state per parameter (its index in ``model.parameters()`` and the flat range of it a
 rank owned), so a checkpoint written at any world size and stage can be read at any other
 (:func:`load_pieces`).
@@ -32,6 +35,7 @@ import torch
 from torch import nn
 
 from hpctrain.config import ConfigError
+from hpctrain.optim.large_batch import Layers
 
 GATHER_WINDOW = 2  # all-gathers in flight at once: bounds the transient full-bucket buffers
 GRAD_WINDOW = 2  # stage 2: reduce-scatters in flight during backward; the oldest is waited for beyond it
@@ -328,6 +332,35 @@ class ShardedOptimizer:
                 self.inner.state[part.values] = state
             else:
                 self.inner.state.pop(part.values, None)
+
+
+class ShardedLayers(Layers):
+    """LAMB's and LARS's view of layers through this rank's parts: a part has its parameter's ndim and its
+    parameter's norms, summed from every rank's squares of its parts by one all-reduce."""
+
+    def __init__(self, buckets: list[Bucket]) -> None:
+        # one slot per trainable parameter, alike on every rank: every rank all-reduces the same shape, also
+        # a rank that owns no part of some parameters (or of any)
+        slots = {s.index: j for j, s in enumerate(s for b in buckets for s in b.segments)}
+        self._slots = len(slots)
+        self._of = {part.values: (slots[part.segment.index], part.segment.param.ndim)
+                    for b in buckets for part in b.parts}
+        self._dtype, self._device = buckets[0].flat.dtype, buckets[0].flat.device
+
+    def ndim(self, t: torch.Tensor) -> int:
+        return self._of[t][1]
+
+    def norms(self, params: list[torch.Tensor],
+              others: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        rows = torch.tensor([self._of[p][0] for p in params], dtype=torch.long, device=self._device)
+        squares = torch.zeros(self._slots, 2, dtype=torch.float64, device=self._device)
+        if params:
+            squares.index_add_(0, rows, torch.stack([torch.stack([p.pow(2).sum(dtype=torch.float64),
+                                                                  o.pow(2).sum(dtype=torch.float64)])
+                                                     for p, o in zip(params, others, strict=True)]))
+        total = hvd.allreduce(squares, op=hvd.Sum, name="hpctrain.zero.layer_norms")  # dist: parts on all ranks
+        w, o = total.index_select(0, rows).sqrt().to(self._dtype).unbind(1)
+        return list(w.unbind()), list(o.unbind())
 
 
 Piece = tuple[int, int, dict[str, Any]]  # (start, end, state) over a parameter's flattened values

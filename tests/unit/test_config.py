@@ -36,6 +36,7 @@ def test_toml_then_overrides(tmp_path):
     ("train.steps=0", "train.steps: must be >= 1"),
     ("optim.lr=-1", "optim.lr: must be a positive number"),
     ("comm.compression=int8", "comm.compression: 'int8' is not one of 'none', 'fp16'"),
+    ("optim.zero_stage=3", "optim.zero_stage: 3 is not one of 0, 1, 2"),
     ("run.log_all_ranks=1", "run.log_all_ranks: expected true or false"),
     ("model.heads=3", None),  # valid for the default MLP ...
     ("lr=0.1", "expected section.key=value"),
