@@ -229,19 +229,21 @@ def format_tables(result: dict[str, Any]) -> str:
 
 
 def add_arguments(parser: Any) -> None:
-    parser.add_argument("--budget-mb", type=float, default=1024.0,
-                        help="peak memory per rank a model must stay within (MiB; default 1024)")
+    # defaults: the committed run (scaling_studies/results/bench-memory.txt): a budget a few hundred MiB above
+    # the ~340 MiB the runtime takes per rank, and a narrow model whose activations outweigh its state
+    parser.add_argument("--budget-mb", type=float, default=448.0,
+                        help="peak memory per rank a model must stay within (MiB; default 448)")
     parser.add_argument("--ranks", type=int, default=2)
-    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=8, help="per rank")
+    parser.add_argument("--batch", type=int, default=16, help="per rank")
     parser.add_argument("--max-depth", type=int, default=512, help="the deepest model tried")
     parser.add_argument("--steps", type=int, default=3, help="steps of each probe run")
     parser.add_argument("--configs", default="0,0ac,1,1ac,2,2ac",
                         help="stages to search, 'ac' for activation checkpointing (default all six)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the throughput comparison (0: none)")
-    parser.add_argument("--compare-steps", type=int, default=12)
+    parser.add_argument("--compare-steps", type=int, default=10)
     parser.add_argument("--peers", default=",".join(PEERS), help="PyTorch's implementations compared: zero,fsdp")
     parser.add_argument("--out", default=None, help="write the result as JSON here (and the table beside, .txt)")
 
