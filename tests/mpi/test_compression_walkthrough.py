@@ -1,6 +1,6 @@
 """docs/compression.md's walk-through, run as committed (scaling_studies/compression_digits.sh, QUICK=1: fewer
-steps, a narrower wide MLP, shorter timing): every step exits 0 and the table, JSON and plot are written with
-one row per model."""
+steps, shorter timing, and not the wide MLP, whose commands repeat the digits part's): every step exits 0
+and the table, JSON and plot are written with one row per model."""
 
 import json
 import subprocess
@@ -21,4 +21,4 @@ def test_the_digits_walkthrough_runs_and_writes_its_table_and_plot(tmp_path):
     assert rows["int8"]["bytes"] < dense["bytes"] / 3 and rows["rows-50%-cut"]["params"] < dense["params"] / 2
     assert "| student-w32-int8 |" in (tmp_path / "digits.md").read_text()
     assert (tmp_path / "accuracy-vs-size.png").read_bytes().startswith(b"\x89PNG")
-    assert len(json.loads((tmp_path / "wide.json").read_text())["variants"]) == 3
+    assert not (tmp_path / "wide.json").exists()
