@@ -163,17 +163,23 @@ def test_lamb_and_lars_sharded_match_stage_0_and_per_part_norms_do_not():
             assert r[name]["per_part"] > 1e-5, r
 
 
-def test_lamb_at_stage_2_with_clipping_matches_stage_0_through_the_cli(tmp_path):
+def test_lamb_bf16_and_pruning_at_stage_2_with_clipping_match_stage_0_through_the_cli(tmp_path):
     """The configuration is accepted, and the trainer's clipped step (the gradient norm, about 0.5, is above
-    train.clip_norm) over sharded LAMB state ends within rounding of stage 0 (measured 1.5e-8)."""
-    opts = ["optim.name=lamb", "optim.weight_decay=0.01", "train.clip_norm=0.1"]
+    train.clip_norm) over sharded LAMB state, under bf16 autocast and with gradual magnitude pruning (its
+    masks multiply the parameters in place, which stage 2 keeps as views into its buckets), ends within
+    rounding of stage 0, with the same weights pruned."""
+    opts = ["optim.name=lamb", "optim.weight_decay=0.01", "train.clip_norm=0.1", "train.precision=bf16",
+            "prune.kind=unstructured", "prune.sparsity=0.5", "prune.end_step=6", "prune.every_steps=2"]
     ref, _ = train(tmp_path, "z0", 2, *opts, "optim.zero_stage=0")
     two, _ = train(tmp_path, "z2", 2, *opts, "optim.zero_stage=2", "optim.zero_bucket_mb=0.004")
     a, b = summary(ref), summary(two)
-    print("norms", a["grad_norm_per_rank"], b["grad_norm_per_rank"], "stage 2 vs 0:",
-          max_abs_diff(weights(two), weights(ref)))
+    w0, w2 = weights(ref), weights(two)
+    print("norms", a["grad_norm_per_rank"], b["grad_norm_per_rank"], "stage 2 vs 0:", max_abs_diff(w2, w0))
     assert b["grad_norm_per_rank"][0] == pytest.approx(a["grad_norm_per_rank"][0], rel=1e-5)
-    assert max_abs_diff(weights(two), weights(ref)) < 1e-6
+    assert max_abs_diff(w2, w0) < 1e-6
+    zeros = {k: int((w0[k] == 0).sum()) for k in w0 if k.endswith("weight")}
+    assert sum(zeros.values()) > 0.4 * sum(w0[k].numel() for k in zeros)  # pruned to about half
+    assert zeros == {k: int((w2[k] == 0).sum()) for k in zeros}
 
 
 STOP_RUN = ["model.name=mlp", "model.width=64", "data.samples=4096", "train.batch_size=16", "run.log_every=10",
