@@ -181,18 +181,24 @@ def compare_at(depth: int, stages: list[int], opts: Options, log: Callable[[str]
             runs.setdefault(label, []).append(run)
             log(f"  round {r + 1}/{opts.rounds} {label:12s} {run['samples_per_sec']:8.1f} samples/s  "
                 f"peak {run['peak_mib']:6.0f} MiB")
-    rows = []
-    for label, _, _ in impls:
-        rs = runs[label]
-        row = {"impl": label, "params": rs[0]["params"],
-               "samples_per_sec": statistics.median(x["samples_per_sec"] for x in rs),
-               "peak_mib": statistics.median(x["peak_mib"] for x in rs),
-               "samples_per_sec_each_round": [x["samples_per_sec"] for x in rs]}
-        if "zero" in runs and label.startswith("hpctrain"):
-            row["vs_zero"] = intervals.paired_ratio([x["samples_per_sec"] for x in rs],
-                                                    [x["samples_per_sec"] for x in runs["zero"]]).as_dict()
-        rows.append(row)
-    return {"depth": depth, "rows": rows}
+    rows = [{"impl": label, "params": runs[label][0]["params"],
+             "samples_per_sec": statistics.median(x["samples_per_sec"] for x in runs[label]),
+             "peak_mib": statistics.median(x["peak_mib"] for x in runs[label]),
+             "samples_per_sec_each_round": [x["samples_per_sec"] for x in runs[label]]} for label, _, _ in impls]
+    return {"depth": depth, "rows": with_ratios(rows)}
+
+
+def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each hpctrain row's samples/s against ZeroRedundancyOptimizer's (``vs_zero``) and against hpctrain's
+    own stage 0 (``vs_z0``), paired round by round."""
+    rounds = {r["impl"]: r["samples_per_sec_each_round"] for r in rows}
+    for r in rows:
+        if not r["impl"].startswith("hpctrain"):
+            continue
+        for key, peer in (("vs_zero", "zero"), ("vs_z0", "hpctrain z0")):
+            if peer in rounds and peer != r["impl"]:
+                r[key] = intervals.paired_ratio(rounds[r["impl"]], rounds[peer]).as_dict()
+    return rows
 
 
 def format_tables(result: dict[str, Any]) -> str:
@@ -215,11 +221,15 @@ def format_tables(result: dict[str, Any]) -> str:
         lines += ["", f"Throughput and peak memory at depth {c['depth']} (the smallest largest model above), "
                       f"{o['rounds']} interleaved round(s) of {o['compare_steps']} steps",
                   f"{'implementation':<16}{'params':>13}{'samples/s':>11}{'peak MiB':>10}{'vs zero':>9}"
-                  f"{'(CI)':>12}{'verdict':>9}"]
+                  f"{'(CI)':>12}{'verdict':>9}{'vs z0':>9}{'(CI)':>12}{'verdict':>9}"]
         for r in c["rows"]:
-            ci = r.get("vs_zero")
-            cells = (f"{ci['estimate']:>8.3f}x{intervals.range_text(ci):>12}{ci['verdict']:>9}" if ci else "")
-            lines.append(f"{r['impl']:<16}{r['params']:>13,}{r['samples_per_sec']:>11.1f}{r['peak_mib']:>10.0f}{cells}")
+            cells = ""
+            for key in ("vs_zero", "vs_z0"):
+                ci = r.get(key)
+                cells += (f"{ci['estimate']:>8.3f}x{intervals.range_text(ci):>12}{ci['verdict']:>9}" if ci
+                          else " " * 30)
+            lines.append(f"{r['impl']:<16}{r['params']:>13,}{r['samples_per_sec']:>11.1f}{r['peak_mib']:>10.0f}"
+                         f"{cells.rstrip()}")
         lines.append(f"zero: DDP + torch.distributed.optim.ZeroRedundancyOptimizer(AdamW); fsdp: FSDP2 fully_shard "
                      f"per layer (parameters sharded too). {intervals.describe()}")
     lines.append("peak: the largest rank's peak resident memory (ru_maxrss; on a GPU torch.cuda.max_memory_allocated); "

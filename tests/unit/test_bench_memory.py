@@ -88,10 +88,17 @@ def test_tables_name_every_configuration_and_the_ratio_to_zero():
               "largest": [{"stage": 0, "recompute": False, "depth": 4, **row},
                           {"stage": 2, "recompute": True, "depth": 10, **row, "params": 2500},
                           {"stage": 1, "recompute": False, "depth": 0}],
-              "compare": {"depth": 4, "rows": [
+              "compare": {"depth": 4, "rows": memory.with_ratios([
+                  {"impl": "hpctrain z0", "params": 1000, "samples_per_sec": 11.0, "peak_mib": 900.0,
+                   "samples_per_sec_each_round": [11.0, 12.0]},
                   {"impl": "hpctrain z1", "params": 1000, "samples_per_sec": 10.0, "peak_mib": 800.0,
-                   "vs_zero": {"estimate": 1.25, "low": None, "high": None, "verdict": "-"}},
-                  {"impl": "zero", "params": 1000, "samples_per_sec": 8.0, "peak_mib": 850.0}]}}
+                   "samples_per_sec_each_round": [10.0, 12.0]},
+                  {"impl": "zero", "params": 1000, "samples_per_sec": 8.0, "peak_mib": 850.0,
+                   "samples_per_sec_each_round": [8.0, 9.6]}])}}
+    rows = {r["impl"]: r for r in result["compare"]["rows"]}
+    assert rows["hpctrain z1"]["vs_zero"]["estimate"] == pytest.approx(1.25)  # 10/8 and 12/9.6, both rounds
+    assert rows["hpctrain z1"]["vs_z0"]["estimate"] == pytest.approx((10 / 11) ** 0.5)  # geometric mean
+    assert "vs_z0" not in rows["hpctrain z0"] and "vs_zero" not in rows["zero"]
     text = memory.format_tables(result)
     assert "2.50x" in text  # 2500 / 1000 parameters at stage 2 + recompute
     assert "none fits" in text
