@@ -8,6 +8,11 @@ one. A step is
 
     backward -> reduce-scatter each bucket's gradients (average) -> step this rank's parts -> all-gather
 
+On GPUs these are NCCL's reduce-scatter and all-gather. On CPU tensors Horovod's two allocate buffers the
+bucket's size (its outputs, Open MPI's temporaries) and were slower than the alternatives, so there the
+reduce-scatter is an in-place all-reduce of the bucket of which a rank keeps its piece, and the all-gather
+one in-place broadcast per owner (docs/memory.md, "Transient buffers").
+
 Stage 1 reduce-scatters every bucket after backward (each rank holds its whole local gradient until then);
 stage 2 starts a bucket's reduce-scatter from a gradient hook as soon as backward has produced the bucket,
 and frees the local gradient as soon as its reduce-scatter is done, so no rank holds the whole gradient.
@@ -252,14 +257,24 @@ class ShardedOptimizer:
         assert bucket.grad is not None
         wire, ctx = self.opts.compression.compress(bucket.grad)
         name = f"hpctrain.zero.grad.{self.buckets.index(bucket)}"
-        bucket.handle = (hvd.reducescatter_async(wire, name=name, op=hvd.Average), ctx)  # dist
+        if wire.is_cuda:
+            handle = hvd.reducescatter_async(wire, name=name, op=hvd.Average)  # dist
+        else:
+            # dist: on CPU tensors Horovod's reduce-scatter allocates its output and Open MPI two temporaries
+            # the bucket's size, and takes longer than an in-place all-reduce of the whole bucket, of which
+            # this rank then keeps its piece (docs/memory.md, "Transient buffers")
+            handle = hvd.allreduce_async_(wire, name=name, op=hvd.Average)
+        bucket.handle = (handle, ctx)
 
     def _collect(self, bucket: Bucket) -> None:
         if bucket.piece_grad is not None or bucket.handle is None:
             return
         handle, ctx = bucket.handle
-        out = self.opts.compression.decompress(hvd.synchronize(handle), ctx)  # dist
-        bucket.piece_grad = out.to(bucket.piece.dtype).reshape(bucket.piece.shape)
+        out = hvd.synchronize(handle)  # dist
+        if out.numel() != bucket.piece.numel():  # the whole bucket, all-reduced
+            out = out[bucket.lo:bucket.hi]
+        # a copy, not a view: a view of the all-reduced bucket would keep all of it alive
+        bucket.piece_grad = torch.empty_like(bucket.piece).copy_(self.opts.compression.decompress(out, ctx))
         for part in bucket.parts:
             part.values.grad = bucket.piece_grad[part.lo - bucket.lo:part.hi - bucket.lo]
         self._held(bucket.piece.numel() - (bucket.grad.numel() if bucket.grad is not None else 0))
@@ -286,6 +301,9 @@ class ShardedOptimizer:
     # --- parameters -----------------------------------------------------------------------------------
     def _gather(self) -> None:
         """Every rank's updated pieces into every rank's buckets."""
+        if not self.buckets[0].flat.is_cuda:
+            self._broadcast_pieces()
+            return
         pending: deque[tuple[Bucket, int]] = deque()
         for i, b in enumerate(self.buckets):
             pending.append((b, hvd.allgather_async(b.piece, name=f"hpctrain.zero.param.{i}")))  # dist
@@ -294,6 +312,22 @@ class ShardedOptimizer:
                 done.flat.copy_(hvd.synchronize(handle))
         for done, handle in pending:
             done.flat.copy_(hvd.synchronize(handle))
+
+    def _broadcast_pieces(self) -> None:
+        """The all-gather on CPU tensors: each owner broadcasts its piece in place into every rank's bucket.
+        Horovod's CPU all-gather writes into a new tensor the bucket's size, to be copied into the bucket;
+        broadcasts need no buffer and were faster here. On GPUs the all-gather stays: one NCCL call per
+        bucket instead of one per rank, its output reused by PyTorch's caching allocator."""
+        size = self.opts.size
+        handles = []
+        for i, b in enumerate(self.buckets):
+            per_rank = b.flat.numel() // size
+            for owner in range(size):
+                piece = b.flat[owner * per_rank:(owner + 1) * per_rank]
+                handles.append(hvd.broadcast_async_(piece, root_rank=owner,
+                                                    name=f"hpctrain.zero.param.{i}.{owner}"))  # dist
+        for handle in handles:
+            hvd.synchronize(handle)
 
     # --- memory ---------------------------------------------------------------------------------------
     def state_bytes(self) -> int:
