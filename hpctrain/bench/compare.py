@@ -153,6 +153,18 @@ def command(impl: str, sets: list[str], ranks: int, steps: int, run_dir: str,
     return [sys.executable, *peer], {}
 
 
+def run_json(cmd: list[str], extra_env: dict[str, str], run_dir: Path | None) -> dict[str, Any]:
+    """Run one benchmark command to its end; its figures: ``run_dir``'s summary.json (an hpctrain run), or
+    the last JSON line it printed (a peer). A failed run raises, with the end of its stderr."""
+    env = {**os.environ, **extra_env, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    if run_dir is not None:
+        return json.loads((run_dir / "summary.json").read_text())
+    return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+
+
 def run_once(impl: str, sets: list[str], ranks: int, steps: int, launcher: str = "mpirun") -> dict[str, Any]:
     """One run's figures: samples/s (global, post-warm-up, slowest rank), CPU seconds per sample and
     involuntary context switches per step (means over ranks), step-time percentiles (ms, slowest rank),
@@ -160,14 +172,7 @@ def run_once(impl: str, sets: list[str], ranks: int, steps: int, launcher: str =
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="hpctrain-compare-") as tmp:
         cmd, extra = command(impl, sets, ranks, steps, tmp, launcher)
-        env = {**os.environ, **extra, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-        if impl in OURS:
-            out = json.loads((Path(tmp) / "summary.json").read_text())
-        else:
-            out = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+        out = run_json(cmd, extra, Path(tmp) if impl in OURS else None)
     return {"samples_per_sec": float(out["samples_per_sec"]),
             "cpu_s_per_sample": float(out["cpu_s_per_sample"]["mean"]),
             "involuntary_switches_per_step": float(out["involuntary_switches_per_step"]["mean"]),

@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from hpctrain import intervals, memory
-from hpctrain.bench.compare import mpirun, venv_bin
+from hpctrain.bench.compare import mpirun, run_json, venv_bin
 from hpctrain.errors import UserError
 from hpctrain.files import write_atomic
 
@@ -82,17 +81,11 @@ def command(impl: str, stage: int, sets: list[str], opts: Options, steps: int, r
 def run_once(impl: str, stage: int, sets: list[str], opts: Options, steps: int) -> dict[str, Any]:
     """Peak memory of the largest rank, parameters, samples/s (and for hpctrain the bytes it holds)."""
     with tempfile.TemporaryDirectory(prefix="hpctrain-bench-memory-") as tmp:
-        cmd = command(impl, stage, sets, opts, steps, tmp)
-        env = {**os.environ, **FRUGAL_MALLOC, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-        if impl != "hpctrain":
-            out = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
-            peak = out.get("cuda_max_allocated_bytes", out["peak_rss_bytes"])
-            return {"peak_mib": peak / MIB, "params": out["num_parameters"],
-                    "samples_per_sec": out["samples_per_sec"]}
-        s = json.loads((Path(tmp) / "summary.json").read_text())
+        s = run_json(command(impl, stage, sets, opts, steps, tmp), FRUGAL_MALLOC,
+                     Path(tmp) if impl == "hpctrain" else None)
+    if impl != "hpctrain":
+        peak = s.get("cuda_max_allocated_bytes", s["peak_rss_bytes"])
+        return {"peak_mib": peak / MIB, "params": s["num_parameters"], "samples_per_sec": s["samples_per_sec"]}
     ranks = s["memory"]["per_rank"]
     peak = max(r.get("cuda_max_allocated_bytes", r["peak_rss_bytes"]) for r in ranks)
     held = max(r["params_bytes"] + r["grads_bytes"] + r["optimizer_state_bytes"] for r in ranks)
