@@ -188,6 +188,10 @@ class ShardedOptimizer:
             if b.handle is None:
                 self._take_leftovers(b)  # unused parameters (zero gradient) or fewer backward passes than set
                 self._launch(b)
+                # dist: one at a time: Horovod fuses collectives in flight together, through its fusion buffer,
+                # which would hold another copy of every bucket (every rank goes through the buckets in one
+                # order, so each waits only for collectives the others have started)
+                self._collect(b)
         for b in self.buckets:
             self._collect(b)
         self._synchronized = True
