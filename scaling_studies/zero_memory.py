@@ -2,7 +2,7 @@
 summary.json and step time, the configurations interleaved round by round so load on a shared machine hits
 all alike. Calls the hpctrain CLI under mpirun; writes scaling_studies/results/zero-memory.{json,txt}.
 
-    .venv/bin/python scaling_studies/zero_memory.py [--rounds 2] [--steps 30]
+    .venv/bin/python scaling_studies/zero_memory.py [--rounds 5] [--steps 30]
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from hpctrain import intervals
 
 REPO = Path(__file__).resolve().parents[1]
 HPCTRAIN = str(Path(sys.executable).parent / "hpctrain")
@@ -43,13 +45,14 @@ def one(model: str, stage: int, recompute: bool, steps: int, ranks: int, where: 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--out", default="zero-memory")
     args = ap.parse_args()
     results: dict[str, list[dict]] = {}
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             # interleaved: every configuration once per round
@@ -58,28 +61,36 @@ def main() -> None:
                 results.setdefault(key, []).append(one(model, stage, ac, args.steps, args.ranks, Path(tmp) / str(r)))
     mib = 2**20
     lines = [f"{'run':<22}{'params':>10}{'opt MiB':>9}{'grad MiB':>9}{'formula':>9}{'held':>8}{'RSS MiB':>9}"
-             f"{'step ms':>9}{'x z0':>7}"]
+             f"{'step ms':>9}{'x z0':>7}  {'paired x z0 (95% CI)':<22}verdict"]
     table = []
     for key, rs in results.items():
         mem = rs[0]["memory"]
         rank = max(mem["per_rank"], key=lambda x: x["optimizer_state_bytes"])
         step = statistics.median(x["step_ms"] for x in rs)
-        base = statistics.median(x["step_ms"] for x in results[key.split(" ")[0] + " z0"])
+        base_runs = results[key.split(" ")[0] + " z0"]
+        base = statistics.median(x["step_ms"] for x in base_runs)
+        # round by round against stage 0 of the same model (a step time: lower is better, "ahead" is faster)
+        ci = None if key.endswith(" z0") else intervals.paired_ratio(
+            [x["step_ms"] for x in rs], [x["step_ms"] for x in base_runs], higher_is_better=False)
         held = rank["params_bytes"] + rank["grads_bytes"] + rank["optimizer_state_bytes"]
         rss = statistics.median(max(p["peak_rss_bytes"] for p in x["memory"]["per_rank"]) for x in rs)
         row = {"run": key, "params": rs[0]["params"], "optimizer_state_mib": rank["optimizer_state_bytes"] / mib,
                "grads_mib": rank["grads_bytes"] / mib, "formula_mib": mem["formula"]["bytes_per_rank"] / mib,
                "held_mib": held / mib, "peak_rss_mib": rss / mib, "step_ms_median": step, "vs_stage0": step / base,
-               "step_ms_each_round": [x["step_ms"] for x in rs]}
+               "step_ms_each_round": [x["step_ms"] for x in rs],
+               "vs_stage0_paired": ci.as_dict() if ci else None}
         table.append(row)
+        paired = f"{f'{ci.estimate:.2f} [{intervals.range_text(ci.as_dict())}]':<22}{ci.verdict}" if ci else ""
         lines.append(f"{key:<22}{row['params']:>10,}{row['optimizer_state_mib']:>9.1f}{row['grads_mib']:>9.1f}"
                      f"{row['formula_mib']:>9.1f}{row['held_mib']:>8.1f}{row['peak_rss_mib']:>9.0f}"
-                     f"{step:>9.1f}{step / base:>7.2f}")
+                     f"{step:>9.1f}{step / base:>7.2f}  {paired}")
+    lines.append("x z0: ratio of the median step times; paired: geometric mean of the per-round ratios with its "
+                 "t-interval (ahead: faster than stage 0, behind: slower, tie: the interval covers 1)")
     text = "\n".join(lines)
     print(text)
     out = REPO / "scaling_studies" / "results"
     note = (f"# {args.ranks} ranks, {args.rounds} interleaved rounds, {args.steps} steps (5 untimed), AdamW; "
-            "machine shared with other jobs (2 cores, load average ~10): step times are noisy\n"
+            f"{os.cpu_count()} CPUs, load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after\n"
             f"# command: .venv/bin/python scaling_studies/zero_memory.py --rounds {args.rounds} --steps {args.steps}"
             f" --models {' '.join(args.models)} --out {args.out}\n")
     (out / f"{args.out}.txt").write_text(note + text + "\n")
