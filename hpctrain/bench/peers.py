@@ -134,24 +134,61 @@ def run_horovod(cfg: Config, args: argparse.Namespace) -> dict:
 
 
 def run_ddp(cfg: Config, args: argparse.Namespace) -> dict:
+    def wrap(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        return ddp, sgd(ddp.parameters(), cfg)
+
+    return run_torch_distributed(cfg, args, "ddp", wrap)
+
+
+def run_sharded(cfg: Config, args: argparse.Namespace, kind: str) -> dict:
+    """PyTorch's own answers to sharded state, trained with AdamW as `hpctrain bench memory` trains hpctrain:
+    ``zero`` (DDP and ZeroRedundancyOptimizer: optimizer state sharded, like ZeRO-1) or ``fsdp`` (FSDP2,
+    parameters too, like ZeRO-3)."""
+
+    # the fused AdamW kernel, as hpctrain's optim.fused default uses
+    def wrap(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        if kind == "zero":
+            from torch.distributed.optim import ZeroRedundancyOptimizer
+
+            ddp = torch.nn.parallel.DistributedDataParallel(model)
+            return ddp, ZeroRedundancyOptimizer(ddp.parameters(), torch.optim.AdamW, lr=cfg.optim.lr, fused=True)
+        from torch.distributed.fsdp import fully_shard
+
+        for block in [m for m in model.modules() if isinstance(m, torch.nn.TransformerEncoderLayer)]:
+            fully_shard(block)
+        fully_shard(model)
+        # fully_shard changes the module's class in place; its forward gathers the parameters
+        return model, torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, fused=True)
+
+    return run_torch_distributed(cfg, args, kind, wrap)
+
+
+def run_torch_distributed(cfg: Config, args: argparse.Namespace, kind: str,
+                          wrap: Callable[[torch.nn.Module], tuple[torch.nn.Module, torch.optim.Optimizer]]) -> dict:
+    """A torchrun process: the process group, the model that ``wrap`` makes distributed with its optimizer,
+    the timed loop, and the figures of every rank (the slowest rank's time, the largest rank's memory)."""
     import torch.distributed as dist
 
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
     model, x, y = problem(cfg, local_size, int(os.environ.get("LOCAL_RANK", 0)))
     device = next(model.parameters()).device
-    ddp = torch.nn.parallel.DistributedDataParallel(model)
-    opt = sgd(ddp.parameters(), cfg)
-    seconds, steps, usage = timed_loop(train_step(ddp, opt), x, y, device, cfg.train.batch_size, args.steps,
+    forward, opt = wrap(model)
+    seconds, steps, usage = timed_loop(train_step(forward, opt), x, y, device, cfg.train.batch_size, args.steps,
                                        args.warmup)
-    t = torch.tensor(seconds, device=device)  # nccl reduces device tensors only
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    cuda_peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    # nccl reduces device tensors only
+    worst = torch.tensor([seconds, memory.peak_rss_bytes(), cuda_peak], dtype=torch.float64, device=device)
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
     rows = [torch.zeros(len(usage), dtype=torch.float64, device=device) for _ in range(dist.get_world_size())]
     dist.all_gather(rows, torch.tensor(usage, dtype=torch.float64, device=device))
-    result = {"impl": "ddp", "ranks": dist.get_world_size(), "rank": dist.get_rank(),
-              "threads": torch.get_num_threads(), "device": str(device),
-              **figures(torch.stack(rows).cpu(), float(t), steps, cfg.train.batch_size)}
+    result = {"impl": kind, "ranks": dist.get_world_size(), "rank": dist.get_rank(),
+              "threads": torch.get_num_threads(), "device": str(device), "peak_rss_bytes": int(worst[1]),
+              "num_parameters": sum(p.numel() for p in model.parameters()),
+              **figures(torch.stack(rows).cpu(), float(worst[0]), steps, cfg.train.batch_size)}
+    if device.type == "cuda":
+        result["cuda_max_allocated_bytes"] = int(worst[2])
     dist.barrier()  # measured: without it, a rank tearing down gloo first aborts its peer now and then
     dist.destroy_process_group()
     return result
@@ -165,50 +202,6 @@ def run_torch(cfg: Config, args: argparse.Namespace) -> dict:
                                        args.warmup)
     return {"impl": "torch", "ranks": 1, "rank": 0, "threads": torch.get_num_threads(), "device": str(device),
             **figures(torch.tensor([usage], dtype=torch.float64), seconds, steps, cfg.train.batch_size)}
-
-
-def run_sharded(cfg: Config, args: argparse.Namespace, kind: str) -> dict:
-    """PyTorch's own answers to sharded state, trained with AdamW as `hpctrain bench memory` trains hpctrain:
-    ``zero`` (DDP and ZeroRedundancyOptimizer: optimizer state sharded, like ZeRO-1) or ``fsdp`` (FSDP2,
-    parameters too, like ZeRO-3)."""
-    import torch.distributed as dist
-    from torch.distributed.optim import ZeroRedundancyOptimizer
-
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
-    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
-    model, x, y = problem(cfg, local_size, int(os.environ.get("LOCAL_RANK", 0)))
-    device = next(model.parameters()).device
-    # the fused AdamW kernel, as hpctrain's optim.fused default uses
-    if kind == "zero":
-        forward: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(model)
-        opt: torch.optim.Optimizer = ZeroRedundancyOptimizer(forward.parameters(), torch.optim.AdamW,
-                                                             lr=cfg.optim.lr, fused=True)
-    else:
-        from torch.distributed.fsdp import fully_shard
-
-        for block in [m for m in model.modules() if isinstance(m, torch.nn.TransformerEncoderLayer)]:
-            fully_shard(block)
-        fully_shard(model)
-        forward = model  # fully_shard changes the module's class in place; its forward gathers the parameters
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, fused=True)
-    seconds, steps, usage = timed_loop(train_step(forward, opt), x, y, device, cfg.train.batch_size, args.steps,
-                                       args.warmup)
-    cuda_peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-    # the slowest rank's time, the largest rank's memory
-    figures_in = torch.tensor([seconds, memory.peak_rss_bytes(), cuda_peak], dtype=torch.float64, device=device)
-    dist.all_reduce(figures_in, op=dist.ReduceOp.MAX)
-    rows = [torch.zeros(len(usage), dtype=torch.float64, device=device) for _ in range(dist.get_world_size())]
-    dist.all_gather(rows, torch.tensor(usage, dtype=torch.float64, device=device))
-    result = {"impl": kind, "ranks": dist.get_world_size(), "rank": dist.get_rank(),
-              "threads": torch.get_num_threads(), "device": str(device), "peak_rss_bytes": int(figures_in[1]),
-              "num_parameters": sum(p.numel() for p in model.parameters()),
-              **figures(torch.stack(rows).cpu(), float(figures_in[0]), steps, cfg.train.batch_size)}
-    if device.type == "cuda":
-        result["cuda_max_allocated_bytes"] = int(figures_in[2])
-    dist.barrier()
-    dist.destroy_process_group()
-    return result
 
 
 RUNNERS = {"horovod": run_horovod, "ddp": run_ddp, "torch": run_torch,
