@@ -66,21 +66,22 @@ def main() -> None:
     for key, rs in results.items():
         mem = rs[0]["memory"]
         rank = max(mem["per_rank"], key=lambda x: x["optimizer_state_bytes"])
-        step = statistics.median(x["step_ms"] for x in rs)
-        base_runs = results[key.split(" ")[0] + " z0"]
-        base = statistics.median(x["step_ms"] for x in base_runs)
+        each = [x["step_ms"] for x in rs]
+        base_each = [x["step_ms"] for x in results[key.split(" ")[0] + " z0"]]
+        step, base = statistics.median(each), statistics.median(base_each)
         # round by round against stage 0 of the same model (a step time: lower is better, "ahead" is faster)
-        ci = None if key.endswith(" z0") else intervals.paired_ratio(
-            [x["step_ms"] for x in rs], [x["step_ms"] for x in base_runs], higher_is_better=False)
+        ci = None if key.endswith(" z0") else intervals.paired_ratio(each, base_each, higher_is_better=False)
         held = rank["params_bytes"] + rank["grads_bytes"] + rank["optimizer_state_bytes"]
         rss = statistics.median(max(p["peak_rss_bytes"] for p in x["memory"]["per_rank"]) for x in rs)
         row = {"run": key, "params": rs[0]["params"], "optimizer_state_mib": rank["optimizer_state_bytes"] / mib,
                "grads_mib": rank["grads_bytes"] / mib, "formula_mib": mem["formula"]["bytes_per_rank"] / mib,
                "held_mib": held / mib, "peak_rss_mib": rss / mib, "step_ms_median": step, "vs_stage0": step / base,
-               "step_ms_each_round": [x["step_ms"] for x in rs],
-               "vs_stage0_paired": ci.as_dict() if ci else None}
+               "step_ms_each_round": each, "vs_stage0_paired": ci.as_dict() if ci else None}
         table.append(row)
-        paired = f"{f'{ci.estimate:.2f} [{intervals.range_text(ci.as_dict())}]':<22}{ci.verdict}" if ci else ""
+        paired = ""
+        if ci:
+            cell = f"{ci.estimate:.2f} [{intervals.range_text(row['vs_stage0_paired'])}]"
+            paired = f"{cell:<22}{ci.verdict}"
         lines.append(f"{key:<22}{row['params']:>10,}{row['optimizer_state_mib']:>9.1f}{row['grads_mib']:>9.1f}"
                      f"{row['formula_mib']:>9.1f}{row['held_mib']:>8.1f}{row['peak_rss_mib']:>9.0f}"
                      f"{step:>9.1f}{step / base:>7.2f}  {paired}")
