@@ -12,7 +12,9 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -555,7 +557,8 @@ class Trainer:
                                          self.scaler.get_scale() if self.scaler else None,
                                          self.pruner.digest() if self.pruner else None,
                                          memory.rank_record(optim.held_bytes(self.optimizer, self.model),
-                                                            self.rt.device)), name="hpctrain.final")
+                                                            self.rt.device),
+                                         socket.gethostname()), name="hpctrain.final")
         digests = [r[0] for r in per_rank]
         if len(set(digests)) > 1 and self.rt.is_root:
             log.error("parameters differ between ranks at the end (ranks %s differ from rank 0)",
@@ -575,6 +578,8 @@ class Trainer:
             "controller": self.rt.controller,
             "device": str(self.rt.device),
             "threads_per_rank": self.rt.threads,
+            # ranks per host, in rank order: scaling studies read where the job really ran
+            "hosts": dict(Counter(r[6] for r in per_rank)),
             "versions": versions(),
         }
         if self.data.val is not None:
