@@ -22,29 +22,23 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import math
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from hpctrain import intervals
 from hpctrain.errors import UserError
 from hpctrain.files import read_jsonl, read_text, write_atomic
 from hpctrain.plots import label_log_axis
-
-log = logging.getLogger(__name__)
+from hpctrain.scaling import comm_model
 
 MODES = ("strong", "weak")
 # What each mode holds fixed as ranks are added; a study that changes it is not that kind of study.
 HELD_FIXED = {"strong": "global_batch_size", "weak": "batch_size"}
-PREDICTION_RANKS = (8, 16, 32, 64, 128, 256, 512, 1024)
-LINK_GBPS = 100.0  # InfiniBand EDR 4x: the stated link of the model's second column
-LINK_LATENCY_US = 5.0  # MPI point-to-point latency of the order measured over EDR
 PUBLISHED = ("about 88–90% scaling efficiency at 512 GPUs for Inception V3 and ResNet-101 "
              "(Sergeev & Del Balso, 2018, 25 Gb/s RoCE, 4 GPUs per server)")
 MODEL_LABEL = "Communication model (a model, not a measurement)"
@@ -103,7 +97,7 @@ def _check_record(record: Any, where: str) -> None:
     if breakdown is not None and not (isinstance(breakdown, dict) and all(
             isinstance(k, str) and _is_number(v) and v >= 0 for k, v in breakdown.items())):
         raise ScalingError(f"{where}: breakdown_ms: expected phase names mapped to milliseconds, got {breakdown!r}")
-    for key in ("num_parameters", "threads_per_rank"):
+    for key in ("num_parameters", "threads_per_rank", "nodes", "ranks_per_node"):
         if key in record and not (_is_int(record[key]) and record[key] >= 1):
             raise ScalingError(f"{where}: {key}: expected a positive integer, got {record[key]!r}")
     for key in ("model", "compression", "launcher", "command"):
@@ -128,12 +122,14 @@ def _is_int(v: Any) -> bool:
 
 
 def efficiency_table(records: Sequence[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
-    """One row per world size of the ``mode`` study, smallest first (formulas in the module docstring).
+    """One row per world size and node count of the ``mode`` study, smallest first (formulas in the module
+    docstring); records without ``nodes`` ran on one.
 
-    Each row: ``ranks``, ``runs`` (repeats), ``samples_per_sec`` and ``step_time_ms`` (medians of the repeats;
-    the step time is the slowest rank's), ``speedup``, ``efficiency`` (fractions), ``breakdown_ms`` (median per
-    phase, or None when no run recorded one) and ``baseline_ranks`` (p0, the world size the others are
-    compared with: 1 unless the study has no 1-rank run).
+    Each row: ``ranks``, ``nodes``, ``runs`` (repeats), ``samples_per_sec`` and ``step_time_ms`` (medians of the
+    repeats; the step time is the slowest rank's), ``step_times_ms`` (each repeat's), ``speedup``,
+    ``efficiency`` (fractions), ``breakdown_ms`` (median per phase, or None when no run recorded one) and
+    ``baseline_ranks`` (p0, the world size the others are compared with: 1 unless the study has no 1-rank
+    run; on the fewest nodes).
 
     Raises:
         ScalingError: no records of this mode, or the runs do not hold the mode's batch size fixed.
@@ -149,16 +145,19 @@ def efficiency_table(records: Sequence[dict[str, Any]], mode: str) -> list[dict[
     if len(values) > 1:
         raise ScalingError(f"{held}: the {mode}-scaling runs use {', '.join(map(str, values))}; "
                            f"a {mode}-scaling study holds it fixed")
-    by_ranks: dict[int, list[dict[str, Any]]] = {}
+    groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
     for r in runs:
-        by_ranks.setdefault(r["world_size"], []).append(r)
+        groups.setdefault((r["world_size"], r.get("nodes", 1)), []).append(r)
     rows = [{"ranks": p,
+             "nodes": n,
              "runs": len(group),
              "samples_per_sec": statistics.median(r["samples_per_sec"] for r in group),
              "step_time_ms": statistics.median(r["step_time_ms"]["max"] for r in group),
+             "step_times_ms": [r["step_time_ms"]["max"] for r in group],
              "breakdown_ms": _median_breakdown(group)}
-            for p, group in sorted(by_ranks.items())]
-    p0, t0, x0 = rows[0]["ranks"], rows[0]["step_time_ms"], rows[0]["samples_per_sec"]
+            for (p, n), group in sorted(groups.items())]
+    base = rows[0]
+    p0, t0, x0 = base["ranks"], base["step_time_ms"], base["samples_per_sec"]
     for row in rows:
         p, t = row["ranks"], row["step_time_ms"]
         row["speedup"] = row["samples_per_sec"] / x0
@@ -167,11 +166,37 @@ def efficiency_table(records: Sequence[dict[str, Any]], mode: str) -> list[dict[
         row["efficiency"] = p0 * t0 / (p * t) if mode == "strong" else t0 / t
         row["baseline_ranks"] = p0
         row["efficiency_ci"] = None  # the baseline's is 1 by definition
-        if p != p0:
-            ci = intervals.unpaired_ratio([r["step_time_ms"]["max"] for r in by_ranks[p0]],
-                                          [r["step_time_ms"]["max"] for r in by_ranks[p]])
+        if row is not base:
+            ci = intervals.unpaired_ratio(base["step_times_ms"], row["step_times_ms"])
             row["efficiency_ci"] = (ci.scaled(p0 / p) if mode == "strong" else ci).as_dict()
     return rows
+
+
+def placement_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each rank count run both on one node and on more: what spreading the same ranks over nodes cost.
+
+    The runs differ only in where the ranks are (same ranks, same per-rank work), so T(p, 1 node) / T(p, n
+    nodes), the speed of the spread runs against the one-node runs, is what the links between nodes cost
+    beyond the shared memory they replace; the all-reduce wait's two values show how much of it is
+    communication. The ratio gets Welch's interval, as the efficiencies do, and a verdict: ``behind``
+    (spreading is slower), ``tie`` or ``ahead``.
+
+    Returns:
+        One dict per (p, n > 1): ``ranks``, ``nodes``, ``step_ms`` and ``one_node_step_ms``, ``speed``,
+        ``ci`` (an interval dict), ``allreduce_wait_ms`` and ``one_node_allreduce_wait_ms`` (None unrecorded).
+    """
+    one = {r["ranks"]: r for r in rows if r["nodes"] == 1}
+    out = []
+    for r in rows:
+        if r["nodes"] == 1 or r["ranks"] not in one:
+            continue
+        ref = one[r["ranks"]]
+        ci = intervals.unpaired_ratio(ref["step_times_ms"], r["step_times_ms"])
+        out.append({"ranks": r["ranks"], "nodes": r["nodes"], "step_ms": r["step_time_ms"],
+                    "one_node_step_ms": ref["step_time_ms"], "speed": ref["step_time_ms"] / r["step_time_ms"],
+                    "ci": ci.as_dict(), "allreduce_wait_ms": (r["breakdown_ms"] or {}).get("allreduce_wait"),
+                    "one_node_allreduce_wait_ms": (ref["breakdown_ms"] or {}).get("allreduce_wait")})
+    return out
 
 
 def _median_breakdown(group: list[dict[str, Any]]) -> dict[str, float] | None:
@@ -183,101 +208,6 @@ def _median_breakdown(group: list[dict[str, Any]]) -> dict[str, float] | None:
 
 
 # ----------------------------------------------------------------------------------------- communication model
-
-def fit_alpha_beta(results: Sequence[dict[str, Any]], world_size: int, impl: str = "horovod") -> tuple[float, float]:
-    """Fit the ring all-reduce cost t(n) = 2(p-1)·α + 2(p-1)/p · n·β to ``hpctrain bench allreduce`` results.
-
-    A ring all-reduce of n bytes over p ranks takes 2(p-1) steps (reduce-scatter, then all-gather), each
-    paying one latency α and moving n/p bytes at β seconds per byte.
-
-    Args:
-        results: the benchmark's ``results`` list (``bytes``, ``impl``, ``time_s`` per entry).
-        world_size: p, the ranks the benchmark ran on.
-        impl: which implementation's timings to fit.
-
-    Returns:
-        (α in seconds, β in seconds per byte). A negative α (noise at small sizes) is set to 0 and β refitted.
-
-    Raises:
-        ScalingError: p < 2, fewer than two message sizes for ``impl``, malformed entries, or times that do not
-            grow with size.
-    """
-    if not _is_int(world_size) or world_size < 2:
-        raise ScalingError(f"world_size: {world_size!r}: fitting the all-reduce cost needs >= 2 ranks "
-                           "(on one rank it moves no data)")
-    sizes, times = [], []
-    for i, r in enumerate(results):
-        if not isinstance(r, dict):
-            raise ScalingError(f"results[{i}]: expected a JSON object, got {r!r}")
-        if r.get("impl") != impl:
-            continue
-        if not _is_int(r.get("bytes")) or r["bytes"] < 1:
-            raise ScalingError(f"results[{i}].bytes: expected a positive integer, got {r.get('bytes')!r}")
-        if not _is_positive(r.get("time_s")):
-            raise ScalingError(f"results[{i}].time_s: expected a positive number, got {r.get('time_s')!r}")
-        sizes.append(float(r["bytes"]))
-        times.append(float(r["time_s"]))
-    if len(set(sizes)) < 2:
-        impls = sorted({str(r.get("impl")) for r in results if isinstance(r, dict)})
-        raise ScalingError(f"results: {len(set(sizes))} message size(s) for impl {impl!r} (impls present: "
-                           f"{', '.join(impls) or 'none'}); fitting latency and bandwidth needs >= 2")
-    p = world_size
-    n, t = np.array(sizes), np.array(times)
-    design = np.stack([np.full_like(n, 2.0 * (p - 1)), 2.0 * (p - 1) / p * n], axis=1)
-    # Residuals relative to each time: the microsecond small messages that fix α then weigh as much as the
-    # large ones that fix β; in absolute terms the large messages' noise would swamp α.
-    a = design / t[:, None]
-    ones = np.ones_like(t)
-    scale = np.linalg.norm(a, axis=0)  # the columns differ by ~n; equalise them for a well-conditioned solve
-    alpha, beta = np.linalg.lstsq(a / scale, ones, rcond=None)[0] / scale
-    if alpha < 0:  # a negative latency would predict efficiencies above 1 at scale
-        log.warning("all-reduce fit gave latency %.3g s < 0 (noisy small messages); using 0", alpha)
-        col = a[:, 1]
-        alpha, beta = 0.0, float(col @ ones / (col @ col))
-    if not beta > 0:
-        raise ScalingError(f"results: {impl!r} times do not grow with message size; no bandwidth can be fitted")
-    return float(alpha), float(beta)
-
-
-def link_alpha_beta(gbps: float = LINK_GBPS, latency_us: float = LINK_LATENCY_US) -> tuple[float, float]:
-    """α (s) and β (s/byte) of a stated link: by default 100 Gb/s InfiniBand EDR, α = 5 µs, β = 8/100e9 s/byte.
-
-    Raises:
-        ScalingError: a speed or latency that is not a positive number.
-    """
-    if not _is_positive(gbps):
-        raise ScalingError(f"link_gbps: expected a positive number, got {gbps!r}")
-    if not _is_positive(latency_us):
-        raise ScalingError(f"link_latency_us: expected a positive number, got {latency_us!r}")
-    return latency_us * 1e-6, 8.0 / (gbps * 1e9)
-
-
-def predict_efficiency(alpha: float, beta: float, model_bytes: float, compute_s: float,
-                       ranks: Sequence[int] = PREDICTION_RANKS) -> list[dict[str, Any]]:
-    """Predicted data-parallel efficiency at each p in ``ranks``, with no overlap of communication and compute.
-
-    T_comm(p) = 2(p-1)·α + 2(p-1)/p · model_bytes·β (one ring all-reduce of the gradients per step), and
-    efficiency = compute_s / (compute_s + T_comm(p)): per-rank work is fixed (weak scaling). Link defaults for
-    a stated link are in :func:`link_alpha_beta`.
-
-    Returns:
-        One dict per p: ``ranks``, ``comm_s`` and ``efficiency`` (a fraction).
-
-    Raises:
-        ScalingError: a non-positive model size, compute time or rank count.
-    """
-    if not _is_positive(model_bytes):
-        raise ScalingError(f"model_bytes: expected a positive number, got {model_bytes!r}")
-    if not _is_positive(compute_s):
-        raise ScalingError(f"compute_s: expected a positive number of seconds, got {compute_s!r}")
-    rows = []
-    for p in ranks:
-        if not _is_int(p) or p < 1:
-            raise ScalingError(f"ranks: expected positive integers, got {p!r}")
-        comm = 2 * (p - 1) * alpha + 2 * (p - 1) / p * model_bytes * beta
-        rows.append({"ranks": p, "comm_s": comm, "efficiency": compute_s / (compute_s + comm)})
-    return rows
-
 
 def _load_allreduce(path: Path) -> dict[str, Any]:
     try:
@@ -291,17 +221,41 @@ def _load_allreduce(path: Path) -> dict[str, Any]:
     return data
 
 
-def _comm_model(records: list[dict[str, Any]], tables: dict[str, list[dict[str, Any]]], records_path: Path,
-                allreduce_path: Path, link_gbps: float, link_latency_us: float, model_bytes: float | None,
-                compute_s: float | None) -> dict[str, Any]:
-    bench = _load_allreduce(allreduce_path)
-    try:
-        alpha, beta = fit_alpha_beta(bench["results"], bench["world_size"])
-    except ScalingError as e:
-        raise ScalingError(f"{allreduce_path}: {e}") from None
-    sizes = sorted({r["bytes"] for r in bench["results"] if r.get("impl") == "horovod"})
-    link = link_alpha_beta(link_gbps, link_latency_us)
+@dataclass(frozen=True)
+class ModelInputs:
+    """What the report's communication model is fitted from and what it states (`hpctrain scaling report`'s
+    options). ``allreduce``: a `bench allreduce --json` run on one node (the one-level fit; the within-node
+    level of the two-level model). ``allreduce_inter``: one with one rank on each of several nodes (the
+    between-node level); with it the report adds flat against hierarchical rings."""
 
+    allreduce: Path | None = None
+    allreduce_inter: Path | None = None
+    link_gbps: float = comm_model.LINK_GBPS  # stated link between nodes, per node
+    link_latency_us: float = comm_model.LINK_LATENCY_US
+    intra_gbps: float = comm_model.INTRA_GBPS  # stated link within a node
+    intra_latency_us: float = comm_model.INTRA_LATENCY_US
+    gpus_per_node: int = comm_model.GPUS_PER_NODE
+    impl: str = "horovod"  # whose timings are fitted: horovod (cycle time included) or mpi (the transport)
+    model_bytes: float | None = None  # default: num_parameters x 4 (x 2 with fp16 compression)
+    compute_s: float | None = None  # default: the 1-rank step time
+
+
+def _fit(path: Path, level: str, impl: str) -> tuple[dict[str, Any], comm_model.Level]:
+    bench = _load_allreduce(path)
+    try:
+        return bench, comm_model.fit_level(bench, level, impl)
+    except comm_model.ModelError as e:
+        raise ScalingError(f"{path}: {e}") from None
+
+
+def _comm_model(records: list[dict[str, Any]], tables: dict[str, list[dict[str, Any]]], records_path: Path,
+                inputs: ModelInputs) -> dict[str, Any]:
+    assert inputs.allreduce is not None
+    bench, fitted = _fit(inputs.allreduce, "intra", inputs.impl)
+    sizes = sorted({r["bytes"] for r in bench["results"] if r.get("impl") == inputs.impl})
+    link = comm_model.link_alpha_beta(inputs.link_gbps, inputs.link_latency_us)
+
+    model_bytes = inputs.model_bytes
     if model_bytes is None:
         params = next((r["num_parameters"] for r in records if "num_parameters" in r), None)
         if params is None:
@@ -312,32 +266,46 @@ def _comm_model(records: list[dict[str, Any]], tables: dict[str, list[dict[str, 
         bytes_from = f"{params:,} parameters × {per_param} bytes, {'fp16' if per_param == 2 else 'fp32'} gradients"
     else:
         bytes_from = "given"
+    compute_s = inputs.compute_s
     if compute_s is None:
         base = next(((m, row) for m in ("weak", "strong") for row in tables.get(m, []) if row["ranks"] == 1), None)
         if base is None:
-            raise ScalingError(f"{records_path}: no 1-rank run to take the compute time from; give compute_s")
+            raise ScalingError(f"{records_path}: no 1-rank run to take the compute time from; give it (--compute-s)")
         compute_s = base[1]["step_time_ms"] / 1000
         compute_from = f"the 1-rank step time of the {base[0]}-scaling study"
     else:
         compute_from = "given"
-    return {"path": allreduce_path, "world_size": bench["world_size"], "sizes": sizes,
-            "memcpy_GBps": bench.get("memcpy_GBps"), "alpha": alpha, "beta": beta,
-            "link_gbps": link_gbps, "link_alpha": link[0], "link_beta": link[1],
-            "model_bytes": model_bytes, "bytes_from": bytes_from, "compute_s": compute_s,
-            "compute_from": compute_from,
-            "machine": predict_efficiency(alpha, beta, model_bytes, compute_s),
-            "stated": predict_efficiency(*link, model_bytes, compute_s)}
+    out = {"path": inputs.allreduce, "world_size": bench["world_size"], "sizes": sizes, "impl": inputs.impl,
+           "memcpy_GBps": bench.get("memcpy_GBps"), "alpha": fitted.alpha, "beta": fitted.beta,
+           "link_gbps": inputs.link_gbps, "link_alpha": link[0], "link_beta": link[1],
+           "model_bytes": model_bytes, "bytes_from": bytes_from, "compute_s": compute_s,
+           "compute_from": compute_from,
+           "machine": comm_model.predict_efficiency(fitted.alpha, fitted.beta, model_bytes, compute_s),
+           "stated": comm_model.predict_efficiency(*link, model_bytes, compute_s),
+           "two_level": None}
+    if inputs.allreduce_inter is not None:
+        inter_bench, inter = _fit(inputs.allreduce_inter, "inter", inputs.impl)
+        stated_intra = comm_model.Level(*comm_model.link_alpha_beta(inputs.intra_gbps, inputs.intra_latency_us))
+        g = inputs.gpus_per_node
+        ranks = [p for p in comm_model.PREDICTION_RANKS if p >= g and p % g == 0]
+        out["two_level"] = {
+            "inter_path": inputs.allreduce_inter, "inter_hosts": inter_bench["hosts"],
+            "intra_hosts": bench.get("hosts"), "intra": fitted, "inter": inter, "gpus_per_node": g,
+            "intra_gbps": inputs.intra_gbps, "intra_latency_us": inputs.intra_latency_us,
+            "fitted": comm_model.predict_two_level(fitted, inter, model_bytes, compute_s, g, ranks),
+            "stated": comm_model.predict_two_level(stated_intra, comm_model.Level(*link), model_bytes, compute_s,
+                                                   g, ranks)}
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------ report
 
-def write_report(records_path: str | Path, out_dir: str | Path, allreduce_json: str | Path | None = None,
-                 link_gbps: float = LINK_GBPS, link_latency_us: float = LINK_LATENCY_US,
-                 model_bytes: float | None = None, compute_s: float | None = None) -> Path:
+def write_report(records_path: str | Path, out_dir: str | Path, model: ModelInputs | None = None) -> Path:
     """Write ``out_dir/report.md`` and, per mode present, ``throughput-<mode>.png`` and ``efficiency-<mode>.png``.
 
-    With ``allreduce_json`` the report adds the α/β fitted to this machine's all-reduce and a communication
-    model at 8..1024 ranks for that link and for a stated one (``link_gbps``, ``link_latency_us``).
+    With ``model.allreduce`` the report adds the α/β fitted to this machine's all-reduce and a communication
+    model at 8..1024 ranks for that link and for a stated one (``link_gbps``, ``link_latency_us``); with
+    ``model.allreduce_inter`` too, the two-level model (flat against hierarchical rings, fitted and stated).
     ``model_bytes`` defaults to num_parameters × 4 from the records (× 2 with fp16 compression) and
     ``compute_s`` to the 1-rank step time of the weak study, else of the strong one.
 
@@ -360,10 +328,12 @@ def write_report(records_path: str | Path, out_dir: str | Path, allreduce_json: 
                 tables[mode] = efficiency_table(records, mode)
             except ScalingError as e:
                 raise ScalingError(f"{records_path}: {e}") from None
+    model = model or ModelInputs()
+    if model.allreduce_inter is not None and model.allreduce is None:
+        raise ScalingError("--allreduce-inter: the two-level model also needs --allreduce (a run on one node)")
     comm = None
-    if allreduce_json is not None:
-        comm = _comm_model(records, tables, records_path, Path(allreduce_json), link_gbps, link_latency_us,
-                           model_bytes, compute_s)
+    if model.allreduce is not None:
+        comm = _comm_model(records, tables, records_path, model)
     files = {}
     for mode, rows in tables.items():
         files[f"throughput-{mode}.png"], files[f"efficiency-{mode}.png"] = _plots(mode, rows)
@@ -394,12 +364,13 @@ def _figure() -> Any:
 
 def throughput_figure(mode: str, rows: list[dict[str, Any]]) -> Any:
     """Global samples/s against ranks, measured and ideal, on log axes (a matplotlib Figure, not saved)."""
-    ranks = [r["ranks"] for r in rows]
-    p0, x0 = ranks[0], rows[0]["samples_per_sec"]
+    ranks = sorted({r["ranks"] for r in rows})
+    p0, x0 = rows[0]["ranks"], rows[0]["samples_per_sec"]
     fig = _figure()
     ax = fig.add_subplot()
     ax.plot(ranks, [x0 * p / p0 for p in ranks], "--", color="grey", label=f"ideal (linear from {p0} rank)")
-    ax.plot(ranks, [r["samples_per_sec"] for r in rows], "o-", label="measured (median)")
+    for label, line in _lines(rows):
+        ax.plot([r["ranks"] for r in line], [r["samples_per_sec"] for r in line], "o-", label=label)
     _rank_axis(ax, ranks)
     ax.set_yscale("log")
     label_log_axis(ax.yaxis)
@@ -411,17 +382,26 @@ def throughput_figure(mode: str, rows: list[dict[str, Any]]) -> Any:
 
 def efficiency_figure(mode: str, rows: list[dict[str, Any]]) -> Any:
     """Scaling efficiency against ranks, with the ideal 1.0 (a matplotlib Figure, not saved)."""
-    ranks = [r["ranks"] for r in rows]
     fig = _figure()
     ax = fig.add_subplot()
     ax.axhline(1.0, linestyle="--", color="grey", label="ideal")
-    ax.plot(ranks, [r["efficiency"] for r in rows], "o-", label="measured (median)")
-    _rank_axis(ax, ranks)
+    for label, line in _lines(rows):
+        ax.plot([r["ranks"] for r in line], [r["efficiency"] for r in line], "o-", label=label)
+    _rank_axis(ax, sorted({r["ranks"] for r in rows}))
     ax.set_ylim(0, max(1.1, max(r["efficiency"] for r in rows) * 1.05))
     ax.set_ylabel("efficiency")
     ax.set_title(f"{mode.capitalize()} scaling: efficiency")
     ax.legend(loc="lower left")
     return fig
+
+
+def _lines(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The rows as plotted: one line per node count when the study has several."""
+    counts = sorted({r.get("nodes", 1) for r in rows})
+    if len(counts) == 1:
+        return [("measured (median)", rows)]
+    return [(f"measured, {n} node{'s' * (n > 1)} (median)", [r for r in rows if r.get("nodes", 1) == n])
+            for n in counts]
 
 
 def _rank_axis(ax: Any, ranks: list[int]) -> None:
@@ -461,6 +441,9 @@ def _render(records_path: Path, records: list[dict[str, Any]], tables: dict[str,
     if hosts:
         out.append("- host: " + ", ".join(f"`{h}` ({c} CPUs)" if c else f"`{h}`" for h, c in hosts)
                    + " (rank 0's)")
+    nodes = list(dict.fromkeys(h for r in records if isinstance(r.get("hosts"), dict) for h in r["hosts"]))
+    if len(nodes) > 1:
+        out.append(f"- nodes the ranks ran on: {', '.join(f'`{h}`' for h in nodes)}")
     threads = {(r["world_size"], r["threads_per_rank"]) for r in records if "threads_per_rank" in r}
     if threads:  # a CPU rank's threads follow its binding: what a 1-rank baseline ran on is worth seeing
         out.append("- intra-op threads per rank: " + ", ".join(f"{t} at {p} rank{'s' * (p > 1)}"
@@ -485,22 +468,46 @@ def _render(records_path: Path, records: list[dict[str, Any]], tables: dict[str,
         if p0 != 1:
             out.append(f"No 1-rank run was recorded: the {p0}-rank run is the baseline.")
         phases = list(dict.fromkeys(k for r in rows if r["breakdown_ms"] for k in r["breakdown_ms"]))
-        head = ["ranks", "runs", "samples/s", "speedup", "efficiency", "95% CI", "verdict", "step ms",
-                *(f"{k} ms" for k in phases)]
+        spread = any(r["nodes"] > 1 for r in rows)
+        head = ["ranks", *(["nodes"] if spread else []), "runs", "samples/s", "speedup", "efficiency", "95% CI",
+                "verdict", "step ms", *(f"{k} ms" for k in phases)]
         out += ["", _row(head), _row(["---:"] * len(head))]
         for r in rows:
             bd = r["breakdown_ms"] or {}
             ci = r["efficiency_ci"]
-            out.append(_row([str(r["ranks"]), str(r["runs"]), f"{r['samples_per_sec']:,.1f}", f"{r['speedup']:.2f}",
+            out.append(_row([str(r["ranks"]), *([str(r["nodes"])] if spread else []), str(r["runs"]),
+                             f"{r['samples_per_sec']:,.1f}", f"{r['speedup']:.2f}",
                              f"{r['efficiency']:.1%}", _ci_text(ci), "baseline" if ci is None else ci["verdict"],
                              f"{r['step_time_ms']:,.1f}", *(f"{bd[k]:,.1f}" if k in bd else "–" for k in phases)]))
         out += ["", _interval_note(rows)]
+        if spread:
+            out += _render_placement(mode, placement_table(rows))
         out += ["", f"![{mode} scaling: throughput against ranks](throughput-{mode}.png)",
                 f"![{mode} scaling: efficiency against ranks](efficiency-{mode}.png)"]
 
     if comm is not None:
         out += _render_comm(comm)
     return "\n".join(out) + "\n"
+
+
+def _render_placement(mode: str, rows: list[dict[str, Any]]) -> list[str]:
+    out = ["", f"### {mode.capitalize()} scaling: within a node and between nodes", ""]
+    if not rows:
+        return out + ["No rank count was run both on one node and on several, so the cost between nodes cannot "
+                      "be told from the cost within one: add the same rank count on one node (`--nodes 1,2`)."]
+    out += ["The same ranks on one node and spread over several: the cost within a node is in the table above "
+            "(each rank count on one node against the baseline); what spreading adds is here. Speed = "
+            "T(p, 1 node) / T(p, n nodes), with Welch's 95% interval; below 1 spreading is slower (`behind`).",
+            "", _row(["ranks", "nodes", "step ms", "1-node step ms", "speed", "95% CI", "verdict",
+                      "allreduce_wait ms", "1-node allreduce_wait ms"]), _row(["---:"] * 9)]
+    for r in rows:
+        ci = r["ci"]
+        waits = [f"{w:,.1f}" if w is not None else "–" for w in (r["allreduce_wait_ms"],
+                                                                   r["one_node_allreduce_wait_ms"])]
+        out.append(_row([str(r["ranks"]), str(r["nodes"]), f"{r['step_ms']:,.1f}", f"{r['one_node_step_ms']:,.1f}",
+                         f"{r['speed']:.2f}x", "–" if ci["low"] is None else f"{ci['low']:.2f}–{ci['high']:.2f}",
+                         ci["verdict"], *waits]))
+    return out
 
 
 def _ci_text(ci: dict[str, Any] | None) -> str:
@@ -529,7 +536,8 @@ def _render_comm(c: dict[str, Any]) -> list[str]:
     memcpy = f"; memcpy on this machine: {c['memcpy_GBps']:.1f} GB/s" if _is_number(c["memcpy_GBps"]) else ""
     stated = f"{c['link_gbps']:g} Gb/s link" + (" (InfiniBand EDR)" if c["link_gbps"] == 100 else "")
     out = ["", "## All-reduce on this machine (measured)", "",
-           f"From `{c['path']}`: Horovod all-reduce on p = {c['world_size']} ranks, {len(sizes)} message sizes "
+           f"From `{c['path']}`: {'raw MPI' if c['impl'] == 'mpi' else 'Horovod'} all-reduce on p = "
+           f"{c['world_size']} ranks, {len(sizes)} message sizes "
            f"from {_bytes(sizes[0])} to {_bytes(sizes[-1])}{memcpy}. Least-squares fit (relative residuals) of the "
            "ring all-reduce cost t(n) = 2(p−1)·α + 2(p−1)/p · n·β:", "",
            f"- α (latency per ring step) = {c['alpha'] * 1e6:.2f} µs",
@@ -553,6 +561,46 @@ def _render_comm(c: dict[str, Any]) -> list[str]:
                          f"{b['comm_s'] * 1000:,.2f}", f"{b['efficiency']:.1%}"]))
     out += ["", f"Beside it, a published measurement (not like for like: GPUs, overlapped communication, another "
             f"model): Horovod reached {PUBLISHED}, and 68% for the larger, bandwidth-bound VGG-16."]
+    if c["two_level"] is not None:
+        out += _render_two_level(c, c["two_level"])
+    return out
+
+
+def _render_two_level(c: dict[str, Any], t: dict[str, Any]) -> list[str]:
+    intra, inter, g = t["intra"], t["inter"], t["gpus_per_node"]
+
+    def hosts(h: Any) -> str:
+        return ", ".join(f"{k} ×{v}" for k, v in h.items()) if isinstance(h, dict) else "one machine"
+
+    out = ["", f"## Two-level {MODEL_LABEL[0].lower()}{MODEL_LABEL[1:]}", "",
+           "**Predicted, not measured.** Two levels of links, each with its own α and β: within a node and between "
+           f"nodes. Each level fitted as above to the {'raw MPI' if c['impl'] == 'mpi' else 'Horovod'} timings "
+           "(t(n) = 2(p−1)·α + 2(p−1)/p · n·β):", "",
+           f"- within a node, from `{c['path']}` (ranks on {hosts(t['intra_hosts'])}): α = {intra.alpha * 1e6:.2f} µs, "
+           f"β = {1 / intra.beta / 1e9:.2f} GB/s",
+           f"- between nodes, from `{t['inter_path']}` (ranks on {hosts(t['inter_hosts'])}): "
+           f"α = {inter.alpha * 1e6:.2f} µs, β = {1 / inter.beta / 1e9:.2f} GB/s per node", "",
+           f"With N nodes of G = {g} ranks (p = N·G), n = {_bytes(c['model_bytes'])} of gradients and "
+           f"{c['compute_s'] * 1000:,.2f} ms of compute a step:", "",
+           "- **flat**: one ring over all p ranks, placed node by node. Its 2(p−1) steps each move n/p bytes on "
+           "every edge at once; some edges cross between nodes, so a step takes the slower level's α + n/p·β.",
+           "- **hierarchical** (Horovod's `HOROVOD_HIERARCHICAL_ALLREDUCE`, `comm.hierarchical`; NCCL builds only): "
+           "reduce-scatter within the node, all-reduce of each rank's n/G piece between nodes (G rings at once "
+           "sharing the node's link), all-gather within the node: 2(G−1)·(α_in + n/G·β_in) + "
+           "2(N−1)·(α_out + n/N·β_out).",
+           "- same assumptions as above: no overlap with compute, no contention, no stragglers; β between nodes is "
+           "what one node can send into the network.", "",
+           f"(a) the fitted levels. (b) stated: within a node {t['intra_gbps']:g} Gb/s, α = "
+           f"{t['intra_latency_us']:g} µs (NVLink 3 moves 300 GB/s each way); between nodes {c['link_gbps']:g} Gb/s "
+           f"per node, α = {c['link_alpha'] * 1e6:g} µs.", "",
+           _row(["ranks", "nodes", "(a) flat ms", "(a) hier. ms", "(b) flat ms", "(b) flat eff.", "(b) hier. ms",
+                 "(b) hier. eff."]), _row(["---:"] * 8)]
+    for a, b in zip(t["fitted"], t["stated"], strict=True):
+        out.append(_row([str(a["ranks"]), str(a["nodes"]), f"{a['flat_s'] * 1000:,.2f}",
+                         f"{a['hierarchical_s'] * 1000:,.2f}", f"{b['flat_s'] * 1000:,.2f}",
+                         f"{b['flat_efficiency']:.1%}", f"{b['hierarchical_s'] * 1000:,.2f}",
+                         f"{b['hierarchical_efficiency']:.1%}"]))
+    out += ["", f"Beside it, as above: Horovod reached {PUBLISHED}."]
     return out
 
 

@@ -4,8 +4,9 @@ import math
 import pytest
 
 from hpctrain.errors import UserError
-from hpctrain.scaling import report
-from hpctrain.scaling.report import ScalingError
+from hpctrain.scaling import comm_model, report
+from hpctrain.scaling.comm_model import Level, ModelError
+from hpctrain.scaling.report import ModelInputs, ScalingError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BREAKDOWN = {"data": 1.0, "forward_backward": 6.0, "allreduce_wait": 2.0, "optimizer": 0.5}
@@ -129,29 +130,29 @@ def test_a_study_must_hold_its_batch_fixed():
 def test_fit_recovers_alpha_beta_from_exact_timings(p):
     bench = synthetic_allreduce(20e-6, 1e-9, p)
     bench["results"].append({"bytes": 4096, "impl": "mpi", "time_s": 1.0})  # another impl: ignored
-    alpha, beta = report.fit_alpha_beta(bench["results"], p)
+    alpha, beta = comm_model.fit_alpha_beta(bench["results"], p)
     assert alpha == pytest.approx(20e-6, rel=1e-6)
     assert beta == pytest.approx(1e-9, rel=1e-6)
 
 
 def test_fit_guards():
     results = synthetic_allreduce(20e-6, 1e-9, 2)["results"]
-    with pytest.raises(ScalingError, match=">= 2 ranks"):
-        report.fit_alpha_beta(results, 1)
-    with pytest.raises(ScalingError, match="1 message size"):
-        report.fit_alpha_beta(results[:1], 2)
-    with pytest.raises(ScalingError, match="impls present: horovod"):
-        report.fit_alpha_beta(results, 2, impl="mpi")
+    with pytest.raises(ModelError, match=">= 2 ranks"):
+        comm_model.fit_alpha_beta(results, 1)
+    with pytest.raises(ModelError, match="1 message size"):
+        comm_model.fit_alpha_beta(results[:1], 2)
+    with pytest.raises(ModelError, match="impls present: horovod"):
+        comm_model.fit_alpha_beta(results, 2, impl="mpi")
 
 
 def test_predicted_efficiency_by_hand():
-    alpha, beta = report.link_alpha_beta()  # documented defaults: 100 Gb/s, 5 us
+    alpha, beta = comm_model.link_alpha_beta()  # documented defaults: 100 Gb/s, 5 us
     assert (alpha, beta) == pytest.approx((5e-6, 8 / 100e9))
-    rows = report.predict_efficiency(alpha, beta, model_bytes=1e8, compute_s=0.1, ranks=[1, 2, 8])
+    rows = comm_model.predict_efficiency(alpha, beta, model_bytes=1e8, compute_s=0.1, ranks=[1, 2, 8])
     # p=2: 2*1*5e-6 + 2*1/2 * 1e8 * 8e-11 = 1e-5 + 8e-3;  p=8: 2*7*5e-6 + 2*7/8 * 1e8 * 8e-11 = 7e-5 + 0.014
     assert [r["comm_s"] for r in rows] == pytest.approx([0.0, 0.00801, 0.01407])
     assert [r["efficiency"] for r in rows] == pytest.approx([1.0, 0.1 / 0.10801, 0.1 / 0.11407])
-    assert [r["ranks"] for r in report.predict_efficiency(alpha, beta, 1e8, 0.1)] == [
+    assert [r["ranks"] for r in comm_model.predict_efficiency(alpha, beta, 1e8, 0.1)] == [
         8, 16, 32, 64, 128, 256, 512, 1024]
 
 
@@ -161,7 +162,7 @@ def test_write_report(tmp_path):
     bench = tmp_path / "allreduce.json"
     bench.write_text(json.dumps(synthetic_allreduce(20e-6, 1e-9, 2)))
     out = tmp_path / "out"
-    path = report.write_report(records, out, allreduce_json=bench)
+    path = report.write_report(records, out, ModelInputs(allreduce=bench))
     assert path == out / "report.md"
     text = path.read_text()
     assert "| ranks | runs | samples/s | speedup | efficiency | 95% CI | verdict | step ms |" in text
@@ -196,7 +197,7 @@ def test_report_without_allreduce_has_no_model_and_fp16_halves_model_bytes(tmp_p
     fp16 = write_jsonl(tmp_path / "fp16.jsonl", [dict(r, compression="fp16") for r in WEAK])
     bench = tmp_path / "allreduce.json"
     bench.write_text(json.dumps(synthetic_allreduce(20e-6, 1e-9, 2)))
-    text = report.write_report(fp16, tmp_path / "out16", allreduce_json=bench).read_text()
+    text = report.write_report(fp16, tmp_path / "out16", ModelInputs(allreduce=bench)).read_text()
     assert "25,000,000 parameters × 2 bytes, fp16 gradients" in text
 
 
@@ -208,7 +209,7 @@ def test_an_error_leaves_the_previous_report_untouched(tmp_path):
     bad = tmp_path / "allreduce.json"
     bad.write_text(json.dumps({"world_size": 1, "results": []}))
     with pytest.raises(ScalingError, match=f"{bad}: world_size: 1"):
-        report.write_report(records, out, allreduce_json=bad)
+        report.write_report(records, out, ModelInputs(allreduce=bad))
     assert (out / "report.md").read_bytes() == before
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
@@ -283,3 +284,108 @@ def test_made_by_commands_are_shell_quoted_so_they_can_be_pasted(tmp_path):
     text = report.write_report(write_jsonl(tmp_path / "records.jsonl", [rec]), tmp_path / "out").read_text()
     made_by = text.split("Made by:")[1].split("```")[1].strip()
     assert shlex.split(made_by) == cmd
+
+
+# ------------------------------------------------------------------------------------------ two-level model
+
+INTRA, INTER = Level(2e-6, 8 / 2400e9), Level(5e-6, 8 / 200e9)  # NVLink-like within, 200 Gb/s between
+
+
+def test_two_level_times_by_hand():
+    n = 1e8
+    # 4 nodes x 8: a flat ring's 62 steps each move n/32 bytes; its between-node edges set the pace
+    flat = 2 * 31 * max(2e-6 + n / 32 * 8 / 2400e9, 5e-6 + n / 32 * 8 / 200e9)
+    assert comm_model.flat_ring_s(n, 4, 8, INTRA, INTER) == pytest.approx(flat)
+    # hierarchical: 2*7 steps of n/8 within the node, then 2*3 steps of n/4 through each node's link
+    hier = 2 * 7 * (2e-6 + n / 8 * 8 / 2400e9) + 2 * 3 * (5e-6 + n / 4 * 8 / 200e9)
+    assert comm_model.hierarchical_s(n, 4, 8, INTRA, INTER) == pytest.approx(hier)
+    assert hier < flat  # 20 latencies against 62, and less through the slow link
+
+
+@pytest.mark.parametrize("nodes, per_node, level", [(1, 8, INTRA), (4, 1, INTER)])
+def test_with_one_level_both_rings_are_the_one_level_ring(nodes, per_node, level):
+    """The control: with every rank on one node, or one rank a node, there is only one kind of link, and both
+    algorithms reduce to the flat ring of the one-level model on it."""
+    p, n = nodes * per_node, 1e8
+    one_level = comm_model.predict_efficiency(level.alpha, level.beta, n, 0.1, ranks=[p])[0]["comm_s"]
+    assert comm_model.flat_ring_s(n, nodes, per_node, INTRA, INTER) == pytest.approx(one_level)
+    assert comm_model.hierarchical_s(n, nodes, per_node, INTRA, INTER) == pytest.approx(one_level)
+
+
+def test_two_level_prediction_rows_and_guards():
+    rows = comm_model.predict_two_level(INTRA, INTER, 1e8, 0.1, per_node=8, ranks=[8, 16])
+    assert [(r["ranks"], r["nodes"]) for r in rows] == [(8, 1), (16, 2)]
+    assert rows[0]["flat_s"] == pytest.approx(rows[0]["hierarchical_s"])  # one node: the same ring
+    assert rows[1]["hierarchical_efficiency"] == pytest.approx(0.1 / (0.1 + rows[1]["hierarchical_s"]))
+    with pytest.raises(ModelError, match="ranks: 12 is not a multiple of 8"):
+        comm_model.predict_two_level(INTRA, INTER, 1e8, 0.1, per_node=8, ranks=[12])
+    with pytest.raises(ModelError, match="gpus_per_node"):
+        comm_model.predict_two_level(INTRA, INTER, 1e8, 0.1, per_node=0)
+
+
+def test_each_level_is_fitted_only_from_a_run_placed_for_it():
+    bench = synthetic_allreduce(20e-6, 1e-9, 2)
+    assert comm_model.fit_level(bench, "intra") == Level(pytest.approx(20e-6), pytest.approx(1e-9))  # no hosts
+    assert comm_model.fit_level({**bench, "hosts": {"n1": 2}}, "intra").alpha == pytest.approx(20e-6)
+    with pytest.raises(ModelError, match="ran on 2 hosts; the within-node fit needs a run on one node"):
+        comm_model.fit_level({**bench, "hosts": {"n1": 1, "n2": 1}}, "intra")
+    assert comm_model.fit_level({**bench, "hosts": {"n1": 1, "n2": 1}}, "inter").beta == pytest.approx(1e-9)
+    for hosts in (None, {"n1": 2}, {"n1": 2, "n2": 2}):
+        with pytest.raises(ModelError, match="the between-node fit needs one rank on each of two or more nodes"):
+            comm_model.fit_level({**bench, "hosts": hosts}, "inter")
+
+
+# Weak scaling on two nodes: 2 ranks on one node (11.0, 11.2 ms) and on two (13.0, 13.4 ms), 4 on two.
+SPREAD = [record("weak", p, t, 32, nodes=n, ranks_per_node=p // n, hosts={f"n{i + 1}": p // n for i in range(n)},
+                 breakdown_ms={**BREAKDOWN, "allreduce_wait": w})
+          for p, n, t, w in ((1, 1, 10.0, 0.0), (1, 1, 10.2, 0.0), (2, 1, 11.0, 1.0), (2, 1, 11.2, 1.2),
+                             (2, 2, 13.0, 3.0), (2, 2, 13.4, 3.2), (4, 2, 14.0, 4.0))]
+
+
+def test_a_study_over_nodes_separates_the_cost_between_nodes(tmp_path):
+    rows = report.efficiency_table(SPREAD, "weak")
+    assert [(r["ranks"], r["nodes"], r["runs"]) for r in rows] == [(1, 1, 2), (2, 1, 2), (2, 2, 2), (4, 2, 1)]
+    placed = report.placement_table(rows)
+    assert [(r["ranks"], r["nodes"]) for r in placed] == [(2, 2)]  # 4 ranks never ran on one node
+    (p2,) = placed
+    assert p2["speed"] == pytest.approx(11.1 / 13.2)
+    assert p2["ci"]["verdict"] == "behind" and p2["ci"]["high"] < 1
+    assert (p2["allreduce_wait_ms"], p2["one_node_allreduce_wait_ms"]) == pytest.approx((3.1, 1.1))
+
+    pytest.importorskip("matplotlib")
+    text = report.write_report(write_jsonl(tmp_path / "r.jsonl", SPREAD), tmp_path / "out").read_text()
+    assert "| ranks | nodes | runs | samples/s |" in text
+    assert "| 2 | 2 | 2 | " in text and "- nodes the ranks ran on: `n1`, `n2`" in text
+    assert "### Weak scaling: within a node and between nodes" in text
+    assert "| 2 | 2 | 13.2 | 11.1 | 0.84x | " in text and " | behind | 3.1 | 1.1 |" in text
+
+
+def test_a_study_on_one_node_has_no_nodes_column():
+    """The control for the test above: the same records without nodes give the one-node table."""
+    rows = report.efficiency_table([r for r in SPREAD if r["nodes"] == 1], "weak")
+    assert report.placement_table(rows) == []
+    assert all(r["nodes"] == 1 for r in rows)
+
+
+def test_report_with_both_levels_predicts_flat_and_hierarchical(tmp_path):
+    pytest.importorskip("matplotlib")
+    records = write_jsonl(tmp_path / "r.jsonl", SPREAD)
+    intra, inter = tmp_path / "intra.json", tmp_path / "inter.json"
+    intra.write_text(json.dumps({**synthetic_allreduce(20e-6, 1e-9, 2), "hosts": {"n1": 2}}))
+    inter.write_text(json.dumps({**synthetic_allreduce(80e-6, 4e-9, 2), "hosts": {"n1": 1, "n2": 1}}))
+    inputs = ModelInputs(allreduce=intra, allreduce_inter=inter, link_gbps=200)
+    text = report.write_report(records, tmp_path / "out", inputs).read_text()
+    assert "## Two-level communication model (a model, not a measurement)" in text
+    assert "α = 20.00 µs, β = 1.00 GB/s" in text and "α = 80.00 µs, β = 0.25 GB/s per node" in text
+    # 16 ranks = 2 nodes x 8, stated links, 25M fp32 parameters and the 10.1 ms 1-rank step, by hand
+    n, compute = 25_000_000 * 4, 0.0101
+    flat = 2 * 15 * max(2e-6 + n / 16 * 8 / 2400e9, 5e-6 + n / 16 * 8 / 200e9)
+    hier = 2 * 7 * (2e-6 + n / 8 * 8 / 2400e9) + 2 * 1 * (5e-6 + n / 2 * 8 / 200e9)
+    row = text.split("\n| 16 | 2 | ")[1].splitlines()[0].split(" | ")
+    assert row[2:6] == [f"{flat * 1000:,.2f}", f"{compute / (compute + flat):.1%}", f"{hier * 1000:,.2f}",
+                        f"{compute / (compute + hier):.1%} |"]
+    with pytest.raises(ScalingError, match=f"{intra}: hosts: .*the between-node fit needs one rank on each"):
+        report.write_report(records, tmp_path / "bad", ModelInputs(allreduce=intra, allreduce_inter=intra))
+    with pytest.raises(ScalingError, match="--allreduce-inter: the two-level model also needs --allreduce"):
+        report.write_report(records, tmp_path / "bad", ModelInputs(allreduce_inter=inter))
+    assert not (tmp_path / "bad").exists()
