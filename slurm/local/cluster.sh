@@ -132,14 +132,28 @@ EOF
     echo "# namespaces and runs CMD there with sh, from \$HOME, keeping the caller's environment."
     echo "DIR=$DIR"
     cat <<'EOF'
-host=""
+host="" config="$HOME/.ssh/config" alive="" count=""
+option() {  # option KEY=VALUE or "KEY VALUE": the ServerAlive settings, the first one given wins (as in ssh)
+  local k=${1%%[= ]*} v=${1#*[= ]}
+  v=${v//[[:space:]=]/}
+  case "${k,,}" in
+    serveraliveinterval) alive=${alive:-$v} ;;
+    serveralivecountmax) count=${count:-$v} ;;
+  esac
+}
 while [ $# -gt 0 ]; do  # options may come before and after HOST (horovodrun puts -o ConnectTimeout after it)
   case "$1" in
-    -[oplicFEJLRDbemwWQS]) shift 2 ;;
+    -o) option "$2"; shift 2 ;;
+    -o*) option "${1#-o}"; shift ;;
+    -F) config=$2; shift 2 ;;
+    -[plicEJLRDbemwWQS]) shift 2 ;;
     -*) shift ;;
     *) [ -n "$host" ] && break; host=$1; shift ;;
   esac
 done
+if [ -r "$config" ]; then  # then ssh_config (Host patterns are not matched: every line applies)
+  while read -r k v; do option "$k $v"; done < <(grep -iE '^[[:space:]]*ServerAlive(Interval|CountMax)' "$config")
+fi
 [ -n "$host" ] || { echo "usage: ssh [OPTIONS] HOST CMD" >&2; exit 255; }
 host=${host#*@}
 pid=$(cat "$DIR/nodes/$host/init.pid" 2>/dev/null) || { echo "ssh: Could not resolve hostname $host" >&2; exit 255; }
@@ -151,12 +165,18 @@ trap 'kill $cmd 2>/dev/null; exit 255' TERM INT HUP
 wait $cmd; rc=$?
 if [ -f "$DIR/nodes/$host/off" ] || ! kill -0 "$pid" 2>/dev/null; then
   # The node went away under the command. A real ssh gets no FIN from a host that vanished: it waits until
-  # TCP gives up retransmitting (net.ipv4.tcp_retries2, ~15 min); so does this stand-in, so that mpirun and
-  # horovodrun learn of the loss as they would on a cluster, not from their ssh exiting.
+  # TCP gives up retransmitting (net.ipv4.tcp_retries2, ~15 min), or, with ServerAliveInterval set, until
+  # ServerAliveCountMax probes went unanswered; so does this stand-in, so that mpirun and horovodrun learn
+  # of the loss as they would on a cluster, not from their ssh exiting.
   # (bash's own read -t on a FIFO it holds both ends of: no child process that a SIGKILL would orphan)
   fifo=$(mktemp -u); mkfifo "$fifo"; exec 3<>"$fifo"; rm -f "$fifo"
-  read -r -t 924 -u 3 || true
-  echo "ssh: Connection to $host timed out" >&2
+  if [ "${alive:-0}" -gt 0 ]; then
+    read -r -t $((alive * ${count:-3})) -u 3 || true
+    echo "Timeout, server $host not responding." >&2
+  else
+    read -r -t 924 -u 3 || true
+    echo "ssh: Connection to $host timed out" >&2
+  fi
   exit 255
 fi
 exit $rc
