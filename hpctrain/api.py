@@ -64,8 +64,7 @@ def train(cfg: Config, parts: Any = None, trainer_class: Any = None) -> dict[str
             except OSError:  # an unwritable run.dir: the directory check before the first step names it
                 pass
     if _runtime is None:
-        _runtime = runtime.init(cfg.comm, watchdog_s=cfg.fault.watchdog_s, elastic=cfg.fault.elastic,
-                                malloc_keep_mb=cfg.run.malloc_keep_mb)
+        _runtime = runtime.init(cfg.comm, fault=cfg.fault, malloc_keep_mb=cfg.run.malloc_keep_mb)
     runtime.setup_logging(_runtime.rank, _runtime.size, cfg.run.log_all_ranks)
     summary = train_mod.run(cfg, _runtime, parts, trainer_class or train_mod.Trainer)
     import horovod.torch as hvd

@@ -473,6 +473,9 @@ def check_writable(directory: Path, need_bytes: int, key: str) -> str | None:
     return None
 
 
+RESET_PHASE = "elastic reset"  # Horovod elastic re-forming the world after a lost or added worker
+
+
 class Watchdog:
     """Ends the job when this rank completes no step for ``timeout_s`` seconds (a hung or dead peer leaves
     the others blocked in an all-reduce forever, burning the allocation). Says which phase this rank is
@@ -482,7 +485,9 @@ class Watchdog:
     all-reduce, the step-boundary collectives) may take. Neither MPI's TCP links nor Horovod notice a peer
     whose host vanished (no connection reset comes; TCP retransmits for ~15 minutes), and Slurm notices only
     after its SlurmdTimeout (300 s by default): measured in docs/fault-tolerance.md. It applies from the
-    second step on, so a first step that compiles or warms up is judged by ``timeout_s`` alone."""
+    second step on, so a first step that compiles or warms up is judged by ``timeout_s`` alone. An elastic
+    reset (:data:`RESET_PHASE`) is not such a wait: its rendezvous waits for the launcher to give up on the
+    lost workers, so only ``timeout_s`` bounds it."""
 
     WAITS = ("all-reduce", "collective")  # phases in which this rank waits for the others
 

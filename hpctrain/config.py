@@ -293,7 +293,8 @@ class FaultConfig:
         600.0, "end the job when a rank completes no step for this many seconds (0 = no watchdog)")
     peer_timeout_s: float = _f(
         60.0, "end the job when this rank has waited this many seconds in one step's all-reduce or step-boundary "
-              "collective (a lost peer or node; applies from the second step; 0 = only fault.watchdog_s)")
+              "collective (a lost peer or node; applies from the second step; 0 = only fault.watchdog_s; "
+              "elastic runs: Horovod's Gloo timeout is half of it, so the survivors reset first)")
     signal_check_every: int = _f(
         1, "agree on SIGUSR1/SIGTERM and time-based checkpoints every N steps (one tiny all-reduce)")
     elastic: bool = _f(False, "Horovod elastic: keep training when workers are lost or added (launch with "

@@ -17,7 +17,7 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from hpctrain.config import CommConfig
+from hpctrain.config import CommConfig, FaultConfig
 from hpctrain.dist import agree
 from hpctrain.launchers import LaunchError, LaunchInfo, check_launch, cpu_threads, detect_launcher
 
@@ -70,10 +70,16 @@ class Runtime:
 SINGLE_RANK_CYCLE_MS = 20.0
 
 
-def _horovod_env(comm: CommConfig, env: MutableMapping[str, str], watchdog_s: float, elastic: bool, size: int) -> None:
-    """Horovod reads its tuning knobs from the environment once, at hvd.init()."""
+def _horovod_env(comm: CommConfig, env: MutableMapping[str, str], fault: FaultConfig | None, size: int) -> None:
+    """Horovod reads its tuning knobs from the environment once, at hvd.init(). ``fault`` None: a tool's
+    own short run (no watchdog, not elastic)."""
     env["HOROVOD_FUSION_THRESHOLD"] = str(int(comm.fusion_threshold_mb * 1024 * 1024))
-    if elastic:
+    watchdog_s = fault.watchdog_s if fault else 0.0
+    if fault and fault.elastic:
+        if fault.peer_timeout_s > 0:
+            # The survivors of a lost worker learn of it when Gloo's wait for its data times out (then
+            # they reset and carry on): before fault.peer_timeout_s would end them as for a lost job
+            env.setdefault("HOROVOD_GLOO_TIMEOUT_SECONDS", str(max(1, int(fault.peer_timeout_s / 2))))
         # Horovod 0.28 segfaults in hvd.init() during an elastic reset when both the fusion threshold and
         # the cycle time are pinned (measured: either alone survives). Elastic runs keep Horovod's cycle time.
         if comm.cycle_time_ms != CommConfig.cycle_time_ms:
@@ -125,10 +131,12 @@ def malloc_thresholds(mb: int) -> tuple[int, int]:
     return mb << 20, 4 * mb << 20
 
 
-def init(comm: CommConfig, env: MutableMapping[str, str] | None = None, watchdog_s: float = 0.0,
-         elastic: bool = False, malloc_keep_mb: int = 0) -> Runtime:
-    """Initialise MPI/Horovod once, pin the device and CPU threads; call before building anything."""
+def init(comm: CommConfig, env: MutableMapping[str, str] | None = None, fault: FaultConfig | None = None,
+         malloc_keep_mb: int = 0) -> Runtime:
+    """Initialise MPI/Horovod once, pin the device and CPU threads; call before building anything.
+    ``fault`` None: no watchdog and not elastic (the tools' own short runs)."""
     env = os.environ if env is None else env
+    elastic = bool(fault and fault.elastic)
     info = detect_launcher(env)
     check_launch(info, env, elastic)
     import torch
@@ -138,7 +146,7 @@ def init(comm: CommConfig, env: MutableMapping[str, str] | None = None, watchdog
         # dist: OpenMPI busy-polls while waiting; on CPU runs that steals the cores the model computes
         # on (docs/performance.md). Read by MPI_Init, so set it here.
         env.setdefault("OMPI_MCA_mpi_yield_when_idle", "1")
-    _horovod_env(comm, env, watchdog_s, elastic, info.size)
+    _horovod_env(comm, env, fault, info.size)
     if malloc_keep_mb and not keep_freed_memory(malloc_keep_mb):
         log.warning("run.malloc_keep_mb: this C library has no glibc mallopt; using its defaults")
 

@@ -24,6 +24,7 @@ import horovod
 import horovod.torch as hvd
 import numpy as np
 import torch
+from horovod.common.exceptions import HorovodInternalError, HostsUpdatedInterrupt
 from torch import nn
 
 import hpctrain
@@ -493,7 +494,13 @@ class Trainer:
                 state.first_loss = self.metrics.first_loss
                 state.commit()
 
-            return self._train_loop(commit)
+            try:
+                return self._train_loop(commit)
+            except (HorovodInternalError, HostsUpdatedInterrupt):
+                # dist: Horovod now re-forms the world. The wait for the new rendezvous is no peer's
+                # all-reduce: fault.peer_timeout_s must not end a rank that is rejoining; watchdog_s bounds it
+                self.watchdog.enter(checkpoint.RESET_PHASE)
+                raise
 
         return loop(state)
 

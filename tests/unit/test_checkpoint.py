@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hpctrain import checkpoint
-from hpctrain.checkpoint import CheckpointError, StopFlag, Watchdog
+from hpctrain.checkpoint import RESET_PHASE, CheckpointError, StopFlag, Watchdog
 from hpctrain.config import CheckpointConfig, FaultConfig
 from tests.data_helpers import SmallDisk
 
@@ -164,6 +164,24 @@ def test_peer_timeout_ends_a_wait_for_the_others_but_not_slow_work_or_the_first_
     assert dog.check() and fired == [2.5]
     assert "waited 0.5 s for the other ranks in the all-reduce after step 2 (fault.peer_timeout_s=0.5)" in \
         capsys.readouterr().err
+
+
+def test_an_elastic_reset_is_bounded_by_the_watchdog_not_the_peer_timeout(capsys):
+    """A rank whose all-reduce failed (Horovod elastic) waits for the new rendezvous for as long as the
+    launcher takes to give up on the lost workers: that is no wait for a peer's data."""
+    now = [0.0]
+    fired = []
+    dog = Watchdog(FaultConfig(watchdog_s=30, peer_timeout_s=0.5), rank=0, abort=lambda: fired.append(now[0]),
+                   clock=lambda: now[0])
+    dog.beat(1, "collective")
+    dog.beat(2, "collective")
+    dog.enter("all-reduce")
+    now[0] = 2.4
+    dog.enter(RESET_PHASE)
+    now[0] = 20.0
+    assert not dog.check() and not fired
+    now[0] = 32.0  # no step completed for 30 s
+    assert dog.check() and "after step 2, stuck in elastic reset" in capsys.readouterr().err
 
 
 def test_watchdog_thread_ends_the_job_when_nothing_beats():

@@ -145,14 +145,31 @@ def test_elastic_config_and_launch_must_match():
 
 def test_elastic_runs_keep_horovods_cycle_time():
     """Horovod 0.28 segfaults re-initialising after an elastic reset when the cycle time is pinned too."""
-    from hpctrain.config import CommConfig
+    from hpctrain.config import CommConfig, FaultConfig
     from hpctrain.runtime import _horovod_env
 
     env: dict[str, str] = {}
-    _horovod_env(CommConfig(), env, watchdog_s=0, elastic=True, size=2)
+    _horovod_env(CommConfig(), env, FaultConfig(watchdog_s=0, elastic=True), size=2)
     assert "HOROVOD_CYCLE_TIME" not in env and "HOROVOD_FUSION_THRESHOLD" in env
-    _horovod_env(CommConfig(cycle_time_ms=3.0), env, watchdog_s=0, elastic=False, size=2)
+    _horovod_env(CommConfig(cycle_time_ms=3.0), env, None, size=2)
     assert env["HOROVOD_CYCLE_TIME"] == "3.0"
+
+
+def test_elastic_survivors_learn_of_a_lost_worker_before_the_peer_timeout():
+    """Gloo's wait for a lost worker's data ends in a reset the survivors come through; fault.peer_timeout_s
+    ending them first would turn the loss of one node into the loss of the job."""
+    from hpctrain.config import CommConfig, FaultConfig
+    from hpctrain.runtime import _horovod_env
+
+    env: dict[str, str] = {}
+    _horovod_env(CommConfig(), env, FaultConfig(peer_timeout_s=20, elastic=True), size=2)
+    assert float(env["HOROVOD_GLOO_TIMEOUT_SECONDS"]) < 20
+    env = {"HOROVOD_GLOO_TIMEOUT_SECONDS": "7"}
+    _horovod_env(CommConfig(), env, FaultConfig(elastic=True), size=2)
+    assert env["HOROVOD_GLOO_TIMEOUT_SECONDS"] == "7"  # the user's own setting is kept
+    env = {}
+    _horovod_env(CommConfig(), env, FaultConfig(peer_timeout_s=20), size=2)
+    assert "HOROVOD_GLOO_TIMEOUT_SECONDS" not in env  # not elastic: a lost peer ends the job anyway
 
 
 def test_a_single_rank_runs_horovods_thread_at_a_long_cycle():
@@ -161,11 +178,11 @@ def test_a_single_rank_runs_horovods_thread_at_a_long_cycle():
     from hpctrain.runtime import SINGLE_RANK_CYCLE_MS, _horovod_env
 
     env: dict[str, str] = {}
-    _horovod_env(CommConfig(), env, watchdog_s=0, elastic=False, size=1)
+    _horovod_env(CommConfig(), env, None, size=1)
     assert float(env["HOROVOD_CYCLE_TIME"]) == SINGLE_RANK_CYCLE_MS > CommConfig().cycle_time_ms
-    _horovod_env(CommConfig(cycle_time_ms=50.0), env, watchdog_s=0, elastic=False, size=1)
+    _horovod_env(CommConfig(cycle_time_ms=50.0), env, None, size=1)
     assert env["HOROVOD_CYCLE_TIME"] == "50.0"  # a longer one asked for is kept
-    _horovod_env(CommConfig(), env, watchdog_s=0, elastic=False, size=2)
+    _horovod_env(CommConfig(), env, None, size=2)
     assert float(env["HOROVOD_CYCLE_TIME"]) == CommConfig().cycle_time_ms
 
 
@@ -234,8 +251,8 @@ def test_hierarchical_allreduce_is_said_to_be_ignored_where_horovod_ignores_it()
     assert "one node" in hierarchical_ignored(nccl_built=True, on_gpu=True, size=4, local_size=4)
     assert hierarchical_ignored(nccl_built=True, on_gpu=True, size=8, local_size=4) is None
     env: dict[str, str] = {}
-    _horovod_env(CommConfig(hierarchical=True), env, watchdog_s=0, elastic=False, size=2)
+    _horovod_env(CommConfig(hierarchical=True), env, None, size=2)
     assert env["HOROVOD_HIERARCHICAL_ALLREDUCE"] == "1"
     env = {}
-    _horovod_env(CommConfig(), env, watchdog_s=0, elastic=False, size=2)
+    _horovod_env(CommConfig(), env, None, size=2)
     assert "HOROVOD_HIERARCHICAL_ALLREDUCE" not in env
