@@ -97,22 +97,15 @@ def run_once(impl: str, stage: int, sets: list[str], opts: Options, steps: int) 
 def largest(fits: Callable[[int], bool], guess: int, limit: int) -> int:
     """The largest depth in [1, limit] that ``fits`` (0 if none), for a ``fits`` that holds up to some depth
     and not beyond: a bracket grown from ``guess`` in steps that double, then bisection. Each depth is
-    tried at most once."""
-    tried: dict[int, bool] = {}
-
-    def ok(d: int) -> bool:
-        if d not in tried:
-            tried[d] = fits(d)
-        return tried[d]
-
+    tried at most once (every new one lies strictly between the bracket's ends)."""
     lo, hi = 0, limit + 1  # lo fits (depth 0 trivially), hi does not
     d = min(max(1, guess), limit)
     step = max(1, d // 4)
-    if ok(d):
+    if fits(d):
         lo = d
         while lo < limit:
             d = min(limit, lo + step)
-            if not ok(d):
+            if not fits(d):
                 hi = d
                 break
             lo, step = d, step * 2
@@ -120,13 +113,13 @@ def largest(fits: Callable[[int], bool], guess: int, limit: int) -> int:
         hi = d
         while hi > 1:
             d = max(1, hi - step)
-            if ok(d):
+            if fits(d):
                 lo = d
                 break
             hi, step = d, step * 2
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if ok(mid):
+        if fits(mid):
             lo = mid
         else:
             hi = mid
