@@ -121,14 +121,14 @@ def fit_alpha_beta(results: Sequence[dict[str, Any]], world_size: int, impl: str
     return float(alpha), float(beta)
 
 
-def fit_level(bench: dict[str, Any], level: str, impl: str = "horovod") -> Level:
-    """(α, β) of one level from a `bench allreduce --json` result, checking that its ranks were placed for it.
+def check_placement(bench: dict[str, Any], level: str) -> None:
+    """Check that a `bench allreduce --json` result's ranks were placed to measure ``level``.
 
     ``level`` "intra": every rank on one host (a result without ``hosts`` predates the field and ran on one
     machine). "inter": one rank on each of two or more hosts, so that every ring step crosses between nodes.
 
     Raises:
-        ModelError: the placement does not measure that level (the message says how to run it), or the fit fails.
+        ModelError: the placement does not measure that level (the message says how to run it).
     """
     hosts = bench.get("hosts")
     if level == "intra":
@@ -138,6 +138,15 @@ def fit_level(bench: dict[str, Any], level: str, impl: str = "horovod") -> Level
     elif not (isinstance(hosts, dict) and len(hosts) >= 2 and set(hosts.values()) == {1}):
         raise ModelError(f"hosts: {hosts!r}: the between-node fit needs one rank on each of two or more nodes "
                          "(srun -N2 --ntasks-per-node=1 hpctrain bench allreduce)")
+
+
+def fit_level(bench: dict[str, Any], level: str, impl: str = "horovod") -> Level:
+    """(α, β) of one level from a `bench allreduce --json` result, checking its placement first.
+
+    Raises:
+        ModelError: the placement does not measure that level (see `check_placement`), or the fit fails.
+    """
+    check_placement(bench, level)
     return Level(*fit_alpha_beta(bench["results"], bench["world_size"], impl))
 
 

@@ -240,10 +240,18 @@ class ModelInputs:
     compute_s: float | None = None  # default: the 1-rank step time
 
 
-def _fit(path: Path, level: str, impl: str) -> tuple[dict[str, Any], comm_model.Level]:
+def _placed(path: Path, level: str) -> dict[str, Any]:
     bench = _load_allreduce(path)
     try:
-        return bench, comm_model.fit_level(bench, level, impl)
+        comm_model.check_placement(bench, level)
+    except comm_model.ModelError as e:
+        raise ScalingError(f"{path}: {e}") from None
+    return bench
+
+
+def _fit(path: Path, bench: dict[str, Any], level: str, impl: str) -> comm_model.Level:
+    try:
+        return comm_model.fit_level(bench, level, impl)
     except comm_model.ModelError as e:
         raise ScalingError(f"{path}: {e}") from None
 
@@ -251,7 +259,10 @@ def _fit(path: Path, level: str, impl: str) -> tuple[dict[str, Any], comm_model.
 def _comm_model(records: list[dict[str, Any]], tables: dict[str, list[dict[str, Any]]], records_path: Path,
                 inputs: ModelInputs) -> dict[str, Any]:
     assert inputs.allreduce is not None
-    bench, fitted = _fit(inputs.allreduce, "intra", inputs.impl)
+    # Both placements are checked before either fit, so that a wrong file fails alone: a fit may warn.
+    bench = _placed(inputs.allreduce, "intra")
+    inter_bench = None if inputs.allreduce_inter is None else _placed(inputs.allreduce_inter, "inter")
+    fitted = _fit(inputs.allreduce, bench, "intra", inputs.impl)
     sizes = sorted({r["bytes"] for r in bench["results"] if r.get("impl") == inputs.impl})
     link = comm_model.link_alpha_beta(inputs.link_gbps, inputs.link_latency_us)
 
@@ -283,8 +294,8 @@ def _comm_model(records: list[dict[str, Any]], tables: dict[str, list[dict[str, 
            "machine": comm_model.predict_efficiency(fitted.alpha, fitted.beta, model_bytes, compute_s),
            "stated": comm_model.predict_efficiency(*link, model_bytes, compute_s),
            "two_level": None}
-    if inputs.allreduce_inter is not None:
-        inter_bench, inter = _fit(inputs.allreduce_inter, "inter", inputs.impl)
+    if inputs.allreduce_inter is not None and inter_bench is not None:
+        inter = _fit(inputs.allreduce_inter, inter_bench, "inter", inputs.impl)
         stated_intra = comm_model.Level(*comm_model.link_alpha_beta(inputs.intra_gbps, inputs.intra_latency_us))
         g = inputs.gpus_per_node
         ranks = [p for p in comm_model.PREDICTION_RANKS if p >= g and p % g == 0]

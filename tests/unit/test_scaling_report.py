@@ -1,4 +1,5 @@
 import json
+import logging
 import math
 
 import pytest
@@ -389,3 +390,19 @@ def test_report_with_both_levels_predicts_flat_and_hierarchical(tmp_path):
     with pytest.raises(ScalingError, match="--allreduce-inter: the two-level model also needs --allreduce"):
         report.write_report(records, tmp_path / "bad", ModelInputs(allreduce_inter=inter))
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_misplaced_level_fails_before_any_fit_can_warn(tmp_path, caplog):
+    """A wrong --allreduce-inter is one line: the placements are checked before the intra fit, whose
+    negative latency on noisy small messages would otherwise log a warning first (as CI once saw)."""
+    records = write_jsonl(tmp_path / "r.jsonl", SPREAD)
+    noisy = tmp_path / "noisy.json"
+    noisy.write_text(json.dumps({**synthetic_allreduce(-2e-7, 1e-9, 2), "hosts": {"n1": 2}}))
+    with caplog.at_level(logging.WARNING, logger="hpctrain"):
+        with pytest.raises(ScalingError, match=f"{noisy}: hosts: .*the between-node fit needs one rank"):
+            report.write_report(records, tmp_path / "bad", ModelInputs(allreduce=noisy, allreduce_inter=noisy))
+    assert caplog.records == []
+    # the control: the same noisy file as the one level does warn, so the check above could fail
+    with caplog.at_level(logging.WARNING, logger="hpctrain"):
+        comm_model.fit_level(json.loads(noisy.read_text()), "intra")
+    assert "latency" in caplog.text and "< 0" in caplog.text
