@@ -23,12 +23,12 @@ Everything here is a model: no overlap of communication with compute, no content
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from hpctrain.errors import UserError
+from hpctrain.scaling.values import is_positive, is_whole
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +55,6 @@ class Level:
         return self.alpha + nbytes * self.beta
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _positive(v: Any) -> bool:
-    return _number(v) and v > 0
-
-
-def _whole(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def fit_alpha_beta(results: Sequence[dict[str, Any]], world_size: int, impl: str = "horovod") -> tuple[float, float]:
     """Fit the ring all-reduce cost t(n) = 2(p-1)·α + 2(p-1)/p · n·β to ``hpctrain bench allreduce`` results.
 
@@ -82,7 +70,7 @@ def fit_alpha_beta(results: Sequence[dict[str, Any]], world_size: int, impl: str
         ModelError: p < 2, fewer than two message sizes for ``impl``, malformed entries, or times that do not
             grow with size.
     """
-    if not _whole(world_size) or world_size < 2:
+    if not is_whole(world_size) or world_size < 2:
         raise ModelError(f"world_size: {world_size!r}: fitting the all-reduce cost needs >= 2 ranks "
                          "(on one rank it moves no data)")
     sizes, times = [], []
@@ -91,9 +79,9 @@ def fit_alpha_beta(results: Sequence[dict[str, Any]], world_size: int, impl: str
             raise ModelError(f"results[{i}]: expected a JSON object, got {r!r}")
         if r.get("impl") != impl:
             continue
-        if not _whole(r.get("bytes")) or r["bytes"] < 1:
+        if not is_whole(r.get("bytes")) or r["bytes"] < 1:
             raise ModelError(f"results[{i}].bytes: expected a positive integer, got {r.get('bytes')!r}")
-        if not _positive(r.get("time_s")):
+        if not is_positive(r.get("time_s")):
             raise ModelError(f"results[{i}].time_s: expected a positive number, got {r.get('time_s')!r}")
         sizes.append(float(r["bytes"]))
         times.append(float(r["time_s"]))
@@ -156,17 +144,17 @@ def link_alpha_beta(gbps: float = LINK_GBPS, latency_us: float = LINK_LATENCY_US
     Raises:
         ModelError: a speed or latency that is not a positive number.
     """
-    if not _positive(gbps):
+    if not is_positive(gbps):
         raise ModelError(f"link_gbps: expected a positive number, got {gbps!r}")
-    if not _positive(latency_us):
+    if not is_positive(latency_us):
         raise ModelError(f"link_latency_us: expected a positive number, got {latency_us!r}")
     return latency_us * 1e-6, 8.0 / (gbps * 1e9)
 
 
 def _check_step(model_bytes: float, compute_s: float) -> None:
-    if not _positive(model_bytes):
+    if not is_positive(model_bytes):
         raise ModelError(f"model_bytes: expected a positive number, got {model_bytes!r}")
-    if not _positive(compute_s):
+    if not is_positive(compute_s):
         raise ModelError(f"compute_s: expected a positive number of seconds, got {compute_s!r}")
 
 
@@ -186,7 +174,7 @@ def predict_efficiency(alpha: float, beta: float, model_bytes: float, compute_s:
     _check_step(model_bytes, compute_s)
     rows = []
     for p in ranks:
-        if not _whole(p) or p < 1:
+        if not is_whole(p) or p < 1:
             raise ModelError(f"ranks: expected positive integers, got {p!r}")
         comm = 2 * (p - 1) * alpha + 2 * (p - 1) / p * model_bytes * beta
         rows.append({"ranks": p, "comm_s": comm, "efficiency": compute_s / (compute_s + comm)})
@@ -223,11 +211,11 @@ def predict_two_level(intra: Level, inter: Level, model_bytes: float, compute_s:
         ModelError: a non-positive size or time, or a rank count that is not a multiple of per_node.
     """
     _check_step(model_bytes, compute_s)
-    if not _whole(per_node) or per_node < 1:
+    if not is_whole(per_node) or per_node < 1:
         raise ModelError(f"gpus_per_node: expected a positive integer, got {per_node!r}")
     rows = []
     for p in ranks:
-        if not _whole(p) or p < per_node or p % per_node:
+        if not is_whole(p) or p < per_node or p % per_node:
             raise ModelError(f"ranks: {p!r} is not a multiple of {per_node} ranks per node")
         nodes = p // per_node
         flat = flat_ring_s(model_bytes, nodes, per_node, intra, inter)

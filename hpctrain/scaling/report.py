@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from hpctrain.errors import UserError
 from hpctrain.files import read_jsonl, read_text, write_atomic
 from hpctrain.plots import label_log_axis
 from hpctrain.scaling import comm_model
+from hpctrain.scaling.values import is_number, is_positive, is_whole
 
 MODES = ("strong", "weak")
 # What each mode holds fixed as ranks are added; a study that changes it is not that kind of study.
@@ -85,40 +85,28 @@ def _check_record(record: Any, where: str) -> None:
     if need("mode") not in MODES:
         raise ScalingError(f"{where}: mode: {record['mode']!r} is not one of 'strong', 'weak'")
     for key in ("world_size", "batch_size", "global_batch_size"):
-        if not _is_int(need(key)) or record[key] < 1:
+        if not is_whole(need(key)) or record[key] < 1:
             raise ScalingError(f"{where}: {key}: expected a positive integer, got {record[key]!r}")
-    if not _is_positive(need("samples_per_sec")):
+    if not is_positive(need("samples_per_sec")):
         raise ScalingError(f"{where}: samples_per_sec: expected a positive number, got {record['samples_per_sec']!r}")
     steps = need("step_time_ms")
-    if not isinstance(steps, dict) or not all(_is_positive(steps.get(k)) for k in ("min", "mean", "max")):
+    if not isinstance(steps, dict) or not all(is_positive(steps.get(k)) for k in ("min", "mean", "max")):
         raise ScalingError(f"{where}: step_time_ms: expected {{\"min\", \"mean\", \"max\"}} positive numbers, "
                            f"got {steps!r}")
     breakdown = record.get("breakdown_ms")
     if breakdown is not None and not (isinstance(breakdown, dict) and all(
-            isinstance(k, str) and _is_number(v) and v >= 0 for k, v in breakdown.items())):
+            isinstance(k, str) and is_number(v) and v >= 0 for k, v in breakdown.items())):
         raise ScalingError(f"{where}: breakdown_ms: expected phase names mapped to milliseconds, got {breakdown!r}")
     for key in ("num_parameters", "threads_per_rank", "nodes", "ranks_per_node"):
-        if key in record and not (_is_int(record[key]) and record[key] >= 1):
+        if key in record and not (is_whole(record[key]) and record[key] >= 1):
             raise ScalingError(f"{where}: {key}: expected a positive integer, got {record[key]!r}")
     for key in ("model", "compression", "launcher", "command"):
         if key in record and not isinstance(record[key], str):
             raise ScalingError(f"{where}: {key}: expected a string, got {record[key]!r}")
     if "host" in record and not isinstance(record["host"], dict):
         raise ScalingError(f"{where}: host: expected {{\"hostname\", \"cpus\"}}, got {record['host']!r}")
-    if "time" in record and not _is_number(record["time"]):
+    if "time" in record and not is_number(record["time"]):
         raise ScalingError(f"{where}: time: expected seconds since the epoch, got {record['time']!r}")
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _is_positive(v: Any) -> bool:
-    return _is_number(v) and v > 0
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def efficiency_table(records: Sequence[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
@@ -544,7 +532,7 @@ def _row(cells: Sequence[str]) -> str:
 
 def _render_comm(c: dict[str, Any]) -> list[str]:
     sizes = c["sizes"]
-    memcpy = f"; memcpy on this machine: {c['memcpy_GBps']:.1f} GB/s" if _is_number(c["memcpy_GBps"]) else ""
+    memcpy = f"; memcpy on this machine: {c['memcpy_GBps']:.1f} GB/s" if is_number(c["memcpy_GBps"]) else ""
     stated = f"{c['link_gbps']:g} Gb/s link" + (" (InfiniBand EDR)" if c["link_gbps"] == 100 else "")
     out = ["", "## All-reduce on this machine (measured)", "",
            f"From `{c['path']}`: {'raw MPI' if c['impl'] == 'mpi' else 'Horovod'} all-reduce on p = "
