@@ -128,16 +128,6 @@ def check_placement(bench: dict[str, Any], level: str) -> None:
                          "(srun -N2 --ntasks-per-node=1 hpctrain bench allreduce)")
 
 
-def fit_level(bench: dict[str, Any], level: str, impl: str = "horovod") -> Level:
-    """(α, β) of one level from a `bench allreduce --json` result, checking its placement first.
-
-    Raises:
-        ModelError: the placement does not measure that level (see `check_placement`), or the fit fails.
-    """
-    check_placement(bench, level)
-    return Level(*fit_alpha_beta(bench["results"], bench["world_size"], impl))
-
-
 def link_alpha_beta(gbps: float = LINK_GBPS, latency_us: float = LINK_LATENCY_US) -> tuple[float, float]:
     """α (s) and β (s/byte) of a stated link: by default 100 Gb/s InfiniBand EDR, α = 5 µs, β = 8/100e9 s/byte.
 

@@ -237,9 +237,9 @@ def _placed(path: Path, level: str) -> dict[str, Any]:
     return bench
 
 
-def _fit(path: Path, bench: dict[str, Any], level: str, impl: str) -> comm_model.Level:
+def _fit(path: Path, bench: dict[str, Any], impl: str) -> comm_model.Level:
     try:
-        return comm_model.fit_level(bench, level, impl)
+        return comm_model.Level(*comm_model.fit_alpha_beta(bench["results"], bench["world_size"], impl))
     except comm_model.ModelError as e:
         raise ScalingError(f"{path}: {e}") from None
 
@@ -250,7 +250,7 @@ def _comm_model(records: list[dict[str, Any]], tables: dict[str, list[dict[str, 
     # Both placements are checked before either fit, so that a wrong file fails alone: a fit may warn.
     bench = _placed(inputs.allreduce, "intra")
     inter_bench = None if inputs.allreduce_inter is None else _placed(inputs.allreduce_inter, "inter")
-    fitted = _fit(inputs.allreduce, bench, "intra", inputs.impl)
+    fitted = _fit(inputs.allreduce, bench, inputs.impl)
     sizes = sorted({r["bytes"] for r in bench["results"] if r.get("impl") == inputs.impl})
     link = comm_model.link_alpha_beta(inputs.link_gbps, inputs.link_latency_us)
 
@@ -283,7 +283,7 @@ def _comm_model(records: list[dict[str, Any]], tables: dict[str, list[dict[str, 
            "stated": comm_model.predict_efficiency(*link, model_bytes, compute_s),
            "two_level": None}
     if inputs.allreduce_inter is not None and inter_bench is not None:
-        inter = _fit(inputs.allreduce_inter, inter_bench, "inter", inputs.impl)
+        inter = _fit(inputs.allreduce_inter, inter_bench, inputs.impl)
         stated_intra = comm_model.Level(*comm_model.link_alpha_beta(inputs.intra_gbps, inputs.intra_latency_us))
         g = inputs.gpus_per_node
         ranks = [p for p in comm_model.PREDICTION_RANKS if p >= g and p % g == 0]

@@ -326,14 +326,15 @@ def test_two_level_prediction_rows_and_guards():
 
 def test_each_level_is_fitted_only_from_a_run_placed_for_it():
     bench = synthetic_allreduce(20e-6, 1e-9, 2)
-    assert comm_model.fit_level(bench, "intra") == Level(pytest.approx(20e-6), pytest.approx(1e-9))  # no hosts
-    assert comm_model.fit_level({**bench, "hosts": {"n1": 2}}, "intra").alpha == pytest.approx(20e-6)
+    assert Level(*comm_model.fit_alpha_beta(bench["results"], 2)) == Level(pytest.approx(20e-6), pytest.approx(1e-9))
+    comm_model.check_placement(bench, "intra")  # no hosts: the result predates the field, one machine
+    comm_model.check_placement({**bench, "hosts": {"n1": 2}}, "intra")
     with pytest.raises(ModelError, match="ran on 2 hosts; the within-node fit needs a run on one node"):
-        comm_model.fit_level({**bench, "hosts": {"n1": 1, "n2": 1}}, "intra")
-    assert comm_model.fit_level({**bench, "hosts": {"n1": 1, "n2": 1}}, "inter").beta == pytest.approx(1e-9)
+        comm_model.check_placement({**bench, "hosts": {"n1": 1, "n2": 1}}, "intra")
+    comm_model.check_placement({**bench, "hosts": {"n1": 1, "n2": 1}}, "inter")
     for hosts in (None, {"n1": 2}, {"n1": 2, "n2": 2}):
         with pytest.raises(ModelError, match="the between-node fit needs one rank on each of two or more nodes"):
-            comm_model.fit_level({**bench, "hosts": hosts}, "inter")
+            comm_model.check_placement({**bench, "hosts": hosts}, "inter")
 
 
 # Weak scaling on two nodes: 2 ranks on one node (11.0, 11.2 ms) and on two (13.0, 13.4 ms), 4 on two.
@@ -404,5 +405,5 @@ def test_a_misplaced_level_fails_before_any_fit_can_warn(tmp_path, caplog):
     assert caplog.records == []
     # the control: the same noisy file as the one level does warn, so the check above could fail
     with caplog.at_level(logging.WARNING, logger="hpctrain"):
-        comm_model.fit_level(json.loads(noisy.read_text()), "intra")
+        comm_model.fit_alpha_beta(json.loads(noisy.read_text())["results"], 2)
     assert "latency" in caplog.text and "< 0" in caplog.text
