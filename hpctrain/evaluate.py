@@ -2,12 +2,12 @@
 by side with others.
 
 For each checkpoint or export: loss and accuracy (or ``eval.metric``) on an evaluation set, parameters and
-non-zero parameters, bytes on disk, and CPU inference latency (p50/p99 of single calls) at each ``--batch``
-size, with samples/s. The evaluation set is split over the ranks (each sample once; the sums all-reduced in
-float64, so N ranks give 1 rank's figures to rounding). Latency is timed on rank 0 alone after that, the
-variants interleaved round by round (the order rotated each round) so that load from elsewhere on the
-machine falls on all of them alike; each figure is the median over every timed call after warm-up, and
-``spread`` is (max - min) / median of the per-round medians: how stable it was.
+non-zero parameters, bytes on disk and bytes of weights in memory, and CPU inference latency (p50/p99 of
+single calls) at each ``--batch`` size, with samples/s. The evaluation set is split over the ranks (each
+sample once; the sums all-reduced in float64, so N ranks give 1 rank's figures to rounding). Latency is timed
+on rank 0 alone after that, the variants interleaved round by round (the order rotated each round) so that
+load from elsewhere on the machine falls on all of them alike; each figure is the median over every timed call
+after warm-up, and ``spread`` is (max - min) / median of the per-round medians: how stable it was.
 """
 
 from __future__ import annotations
@@ -168,10 +168,10 @@ def _time_models(models_: list[torch.nn.Module], inputs: dict[int, list[tuple[to
 def describe(loaded: Loaded, label: str) -> dict[str, Any]:
     from hpctrain import inference
 
-    params, nonzero = inference.count_parameters(loaded.model)
+    params, nonzero, weight_bytes = inference.count_parameters(loaded.model)
     return {"label": label, "path": str(loaded.path), "kind": loaded.kind, "model": loaded.cfg.model.name,
             "compression": loaded.compression, "step": loaded.state.get("step"), "params": params,
-            "nonzero_params": nonzero, "bytes": loaded.bytes}
+            "nonzero_params": nonzero, "bytes": loaded.bytes, "weight_bytes": weight_bytes}
 
 
 def ratios(rows: list[dict[str, Any]]) -> None:
@@ -179,6 +179,7 @@ def ratios(rows: list[dict[str, Any]]) -> None:
     base = rows[0]
     for row in rows:
         r: dict[str, Any] = {"smaller": base["bytes"] / row["bytes"],
+                             "smaller_weights": base["weight_bytes"] / row["weight_bytes"],
                              "fewer_nonzero": base["nonzero_params"] / max(1, row["nonzero_params"])}
         if "val_accuracy" in row and "val_accuracy" in base:
             r["accuracy_points"] = 100 * (row["val_accuracy"] - base["val_accuracy"])
@@ -192,7 +193,8 @@ def ratios(rows: list[dict[str, Any]]) -> None:
 def markdown(result: dict[str, Any]) -> str:
     rows = result["variants"]
     batches = list(rows[0].get("latency", {}))
-    head = ["model", "params", "non-zero", "MB on disk", "x smaller", "accuracy", "points vs first"]
+    head = ["model", "params", "non-zero", "MB on disk", "x smaller", "MB of weights", "x smaller (weights)",
+            "accuracy", "points vs first"]
     if "val_metric" in rows[0]:
         head.append("metric")
     for b in batches:
@@ -201,7 +203,8 @@ def markdown(result: dict[str, Any]) -> str:
     for row in rows:
         v = row["vs_first"]
         cells = [row["label"], f"{row['params']:,}", f"{row['nonzero_params']:,}", f"{row['bytes'] / 1e6:.3f}",
-                 f"{v['smaller']:.2f}", f"{row['val_accuracy']:.4f}" if "val_accuracy" in row else "-",
+                 f"{v['smaller']:.2f}", f"{row['weight_bytes'] / 1e6:.3f}", f"{v['smaller_weights']:.2f}",
+                 f"{row['val_accuracy']:.4f}" if "val_accuracy" in row else "-",
                  f"{v['accuracy_points']:+.2f}" if "accuracy_points" in v else "-"]
         if "val_metric" in rows[0]:
             cells.append(f"{row.get('val_metric', float('nan')):.4f}")

@@ -139,10 +139,13 @@ def weights_of(model: nn.Module) -> list[torch.Tensor]:
     return out
 
 
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(parameters, non-zero parameters) of ``model`` (quantised layers' weights and biases included)."""
+def count_parameters(model: nn.Module) -> tuple[int, int, int]:
+    """(parameters, non-zero parameters, bytes of those values) of ``model``: quantised layers' weights and
+    biases included, an int8 weight at one byte a value. The bytes are what the weights occupy in memory;
+    the file adds its container's overhead, which weighs on small models."""
     weights = weights_of(model)
-    return sum(t.numel() for t in weights), sum(int(torch.count_nonzero(t)) for t in weights)
+    return (sum(t.numel() for t in weights), sum(int(torch.count_nonzero(t)) for t in weights),
+            sum(t.numel() * t.element_size() for t in weights))
 
 
 def sample_shape(cfg: Config) -> pipeline.SampleShape | None:

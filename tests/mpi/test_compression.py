@@ -56,6 +56,7 @@ def test_evaluate_counts_exactly_and_two_ranks_equal_one(tmp_path, tiny):
     assert one["params"] == 23 and one["nonzero_params"] == 23 - 9  # half of the 18 weights are pruned
     newest = checkpoint.candidates(ckpts)[0]
     assert one["bytes"] == (newest / "model.pt").stat().st_size and one["path"] == str(newest)
+    assert one["weight_bytes"] == 23 * 4  # fp32 values, zeros included: masking frees no memory
     assert one["val_samples"] == 301
     assert one["val_accuracy"] == pytest.approx(s["val_accuracy"], abs=1e-12)  # the run's own final evaluation
     two = evaluate(tmp_path, ckpts, "--no-timing", ranks=2, name="two.json")[0]
@@ -100,6 +101,11 @@ def test_int8_bf16_and_export_within_tolerance(tmp_path, small):
     assert abs(bf16["val_accuracy"] - fp32["val_accuracy"]) <= 0.02
     assert pt2["val_correct"] == bf16["val_correct"] and pt2["kind"] == "export"
     assert int8["params"] == fp32["params"]  # the int8 layers' weights counted as well
+    # 16x64, 64x64 and 64x4 weights at one byte, the 64 + 64 + 4 biases still fp32; bf16 two bytes each
+    weights, biases = 16 * 64 + 64 * 64 + 64 * 4, 64 + 64 + 4
+    assert fp32["weight_bytes"] == 4 * (weights + biases) and bf16["weight_bytes"] == 2 * (weights + biases)
+    assert int8["weight_bytes"] == weights + 4 * biases
+    assert int8["vs_first"]["smaller_weights"] == pytest.approx(fp32["weight_bytes"] / int8["weight_bytes"])
     again = tmp_path / "again"
     one_line_exit_2(run([HPCTRAIN, "compress", str(tmp_path / "int8"), "--out", str(again), "--dtype", "bf16"],
                         check=False), "already compressed")
