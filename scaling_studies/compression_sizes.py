@@ -21,13 +21,14 @@ import platform
 import torch
 from torch import nn
 
+from hpctrain import models
+from hpctrain.config import ModelConfig
 from hpctrain.evaluate import TimingOptions, time_models
 from hpctrain.inference import quantize_int8
 
 
 def mlp(width: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(64, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
-                         nn.Linear(width, 10)).eval()
+    return models.mlp(ModelConfig(width=width, depth=2)).eval()  # the built-in model, configs/digits.toml's shape
 
 
 def int8(model: nn.Module, engine: str) -> nn.Module:
@@ -69,9 +70,10 @@ def main() -> None:
         variants = {"fp32": dense, "rows-50% (cut out)": half}
         variants.update({f"int8 {e}": int8(dense, e) for e in engines})
         torch.backends.quantized.engine = engines[0]
-        inputs = {b: [(torch.randn(b, 64),)] * len(variants) for b in opts.batches}
+        inputs: dict[int, list[tuple[torch.Tensor, ...]]] = {b: [(torch.randn(b, 64),)] * len(variants)
+                                                             for b in opts.batches}
         times = time_models(list(variants.values()), inputs, opts)
-        macs = sum(m.in_features * m.out_features for m in dense if isinstance(m, nn.Linear))
+        macs = sum(m.in_features * m.out_features for m in dense.modules() if isinstance(m, nn.Linear))
         print(f"\n64-{w}-{w}-10 ({macs:,} multiply-adds a sample){head}")
         for label, t in zip(variants, times, strict=True):
             cells = "".join(f"{t[str(b)]['p50_ms']:>9.4f} ms {times[0][str(b)]['p50_ms'] / t[str(b)]['p50_ms']:>4.2f}x"

@@ -15,17 +15,14 @@ import warnings
 import torch
 from torch import nn
 
+from hpctrain import models
+from hpctrain.config import ModelConfig
 from hpctrain.evaluate import TimingOptions, time_models
 from hpctrain.inference import quantize_int8
 
 
 def mlp(width: int, depth: int) -> nn.Module:
-    layers: list[nn.Module] = []
-    dim = 64
-    for _ in range(depth):
-        layers += [nn.Linear(dim, width), nn.ReLU()]
-        dim = width
-    return nn.Sequential(*layers, nn.Linear(dim, 10)).eval()
+    return models.mlp(ModelConfig(width=width, depth=depth)).eval()  # the built-in model: 64 inputs, 10 classes
 
 
 def torchao_int8(model: nn.Module) -> nn.Module | None:
